@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create (or reuse) ./.venv and install the project with its pins.
+# torch first, exactly 2.13.0: any other spec pulls a multi-GB CUDA build (STACK.md trap 2);
+# the constraint file keeps every later install from moving it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[dev]" -c constraints.txt
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+.venv/bin/python - <<'PY'
+import importlib.metadata as md
+a, b = md.version("pyspark"), md.version("pyspark-client")
+assert a == b, f"pyspark {a} and pyspark-client {b} must match (STACK.md trap 1)"
+assert md.version("torch").startswith("2.13.0"), md.version("torch")
+PY

@@ -1,0 +1,43 @@
+"""Shared plumbing for the Spark entry points: one way to get a SparkSession."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+
+def spark_session(app_name: str, master: str | None = None) -> SparkSession:
+    """A SparkSession configured for this project.
+
+    Under ``spark-submit`` the master comes from the submit command; run directly (tests,
+    the CLI) it defaults to ``$VQREC_SPARK_MASTER`` or ``local[2]``. Python workers use this
+    interpreter (the venv's), one BLAS/OpenMP thread each: Spark's tasks give the
+    parallelism, and nested threading collapses on small machines (STACK.md, trap 4).
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master or not os.environ.get("SPARK_ENV_LOADED"):
+        # SPARK_ENV_LOADED is set by spark-submit; only then is the master already decided.
+        builder = builder.master(master or os.environ.get("VQREC_SPARK_MASTER", "local[2]"))
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": os.environ.get("VQREC_SHUFFLE_PARTITIONS", "8"),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": os.environ.get("VQREC_SPARK_DRIVER_MEMORY", "4g"),
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+        "spark.executorEnv.MKL_NUM_THREADS": "1",
+        "spark.executorEnv.TOKENIZERS_PARALLELISM": "false",
+        "spark.executorEnv.HF_HUB_OFFLINE": "1",
+        "spark.python.worker.reuse": "true",
+    }
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("VQREC_SPARK_LOG_LEVEL", "WARN"))
+    return spark

@@ -1,0 +1,126 @@
+"""The lake: versioned, atomically committed stage outputs.
+
+Every stage writes ``<lake>/<stage>/<version>/`` through :func:`staged_version`. A reader
+only ever sees complete versions: the stage writes into a hidden temp folder, writes
+``_SUCCESS`` last, renames the folder into place and then points ``CURRENT`` at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAKE = "var/lake"
+SUCCESS = "_SUCCESS"
+CURRENT = "CURRENT"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LakeError(RuntimeError):
+    """A stage output is missing, incomplete or badly named."""
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is safe as a single path component, else raise ValueError.
+
+    Domain names and versions come from Airflow params and CLI flags: they must never
+    escape the lake (no ``/``, no ``..``, no leading dot).
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid {what} {name!r}: use 1-128 characters from [A-Za-z0-9._-], "
+            "starting with a letter or digit, without '..'"
+        )
+    return name
+
+
+def lake_root(lake: str | os.PathLike[str] | None = None) -> Path:
+    """The lake root: the argument, else $VQREC_LAKE, else ./var/lake."""
+    return Path(lake or os.environ.get("VQREC_LAKE") or DEFAULT_LAKE).resolve()
+
+
+def default_version() -> str:
+    """A sortable UTC timestamp, used when the caller names no version."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sweep_temp(stage_dir: Path) -> None:
+    """Remove temp folders left by killed runs of a stage."""
+    if stage_dir.is_dir():
+        for p in stage_dir.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_version(
+    lake: str | os.PathLike[str] | None,
+    stage: str,
+    version: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Iterator[Path]:
+    """Yield a temp folder to write a stage's output into; commit it on success.
+
+    ``metadata`` (a dict the body may still mutate) is written into ``_SUCCESS``.
+    Re-running with an existing version replaces that version as a whole.
+    """
+    root = lake_root(lake)
+    validate_name(stage, "stage")
+    version = validate_name(version or default_version(), "version")
+    stage_dir = root / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    meta = metadata if metadata is not None else {}
+    try:
+        yield tmp
+        meta.update({"stage": stage, "version": version, "committed_at": time.time()})
+        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        final = stage_dir / version
+        if final.exists():
+            trash = stage_dir / f".tmp-old-{version}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _write_atomic(stage_dir / CURRENT, version + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_version(
+    lake: str | os.PathLike[str] | None, stage: str, version: str | None = None
+) -> Path:
+    """The folder of a committed version of ``stage`` (``CURRENT`` when version is None)."""
+    root = lake_root(lake)
+    stage_dir = root / validate_name(stage, "stage")
+    if version is None:
+        pointer = stage_dir / CURRENT
+        if not pointer.exists():
+            raise LakeError(f"no committed version of stage {stage!r} under {root}")
+        version = pointer.read_text().strip()
+    path = stage_dir / validate_name(version, "version")
+    if not (path / SUCCESS).exists():
+        raise LakeError(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
+    return path
+
+
+def read_success(path: Path) -> dict[str, Any]:
+    """The metadata written into a committed version's ``_SUCCESS``."""
+    return json.loads((Path(path) / SUCCESS).read_text())
