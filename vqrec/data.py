@@ -1,0 +1,406 @@
+"""Training data: a domain's sequences, item codes and text embeddings as tensors.
+
+A split is held *ragged* (all histories concatenated + offsets), never padded to 50: the
+mean training history is 4 items on Scientific and 9 on Games/Beauty, so a batch is padded
+only to its own longest history (right padding + lengths). Length-bucketed batches
+(shuffle, sort chunks by length, shuffle the batch order) shrink that padding further.
+
+Multi-domain pre-training uses one global item id space: domain k's item ``i`` becomes
+``offset_k + i`` (row 0 stays the padding item), so in-batch negatives mix domains.
+
+Sources: the lake (``clean``/``codes``/``embeddings`` stage outputs, docs/ARCHITECTURE.md)
+or, for benchmarks, the published reference splits (``read_reference_domain``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from vqrec.lake import read_success, resolve_version, validate_name
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """A stage output that training cannot use (names the file and the problem)."""
+
+
+@dataclass
+class Sequences:
+    """One split of one (or several merged) domains, ragged.
+
+    Row r's history is ``items[offsets[r]:offsets[r+1]]`` (oldest first), its target
+    ``targets[r]``; ``users[r]`` is the user_idx (per domain) and ``domain[r]`` the index of
+    the domain it came from (0 for a single domain).
+    """
+
+    items: np.ndarray  # int64 (total,)
+    offsets: np.ndarray  # int64 (n+1,)
+    targets: np.ndarray  # int64 (n,)
+    users: np.ndarray  # int64 (n,)
+    domain: np.ndarray = field(default=None)  # int16 (n,)
+
+    def __post_init__(self) -> None:
+        if self.domain is None:
+            self.domain = np.zeros(len(self.targets), dtype=np.int16)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(
+        self, rows: np.ndarray, max_len: int = 50
+    ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+        """(history (B, L), lengths (B,), targets (B,)) for ``rows``, L = longest in batch.
+
+        Histories keep their last ``max_len`` items and are right-padded with 0.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        end = self.offsets[rows + 1]
+        lengths = np.minimum(end - self.offsets[rows], max_len)
+        width = max(int(lengths.max()) if len(rows) else 1, 1)
+        pos = np.arange(width)
+        idx = (end - lengths)[:, None] + pos[None, :]
+        valid = pos[None, :] < lengths[:, None]
+        hist = np.where(valid, self.items[np.minimum(idx, max(len(self.items) - 1, 0))], 0)
+        return (
+            torch.from_numpy(hist.astype(np.int64)),
+            torch.from_numpy(lengths.astype(np.int64)),
+            torch.from_numpy(self.targets[rows].astype(np.int64)),
+        )
+
+    def shifted(self, offset: int, domain: int) -> Sequences:
+        """The same rows with item ids moved to the global id space (padding never occurs)."""
+        return Sequences(
+            self.items + offset,
+            self.offsets.copy(),
+            self.targets + offset,
+            self.users.copy(),
+            np.full(len(self.targets), domain, dtype=np.int16),
+        )
+
+    @staticmethod
+    def concat(parts: list[Sequences]) -> Sequences:
+        items = np.concatenate([p.items for p in parts])
+        sizes = np.cumsum([0] + [len(p.items) for p in parts[:-1]])
+        offsets = np.concatenate(
+            [parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, sizes, strict=True)]
+        )
+        return Sequences(
+            items,
+            offsets,
+            np.concatenate([p.targets for p in parts]),
+            np.concatenate([p.users for p in parts]),
+            np.concatenate([p.domain for p in parts]),
+        )
+
+    @staticmethod
+    def from_lists(
+        histories: list[list[int]], targets: list[int], users: list[int] | None = None
+    ) -> Sequences:
+        """Build from Python lists (tests, reference files)."""
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        if len(lengths) and lengths.min() < 1:
+            raise DataError("every sequence row needs a non-empty history")
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        items = np.fromiter((i for h in histories for i in h), dtype=np.int64, count=offsets[-1])
+        users_arr = np.asarray(users if users is not None else range(len(targets)), np.int64)
+        return Sequences(items, offsets, np.asarray(targets, np.int64), users_arr)
+
+
+@dataclass
+class DomainData:
+    """Everything training needs about one domain (item ids 1..n_items, 0 = padding)."""
+
+    name: str
+    n_items: int
+    splits: dict[str, Sequences]
+    codes: np.ndarray | None = None  # int64 (n_items+1, D), raw codes 0..M-1, row 0 unused
+    text: np.ndarray | None = None  # float32 (n_items+1, d), row 0 zeros
+    source: dict[str, Any] = field(default_factory=dict)  # versions/paths it was read from
+
+    def check(self) -> None:
+        """Refuse ids outside 1..n_items (a mismatch between stage versions)."""
+        for split, seq in self.splits.items():
+            for what, arr in (("history", seq.items), ("target", seq.targets)):
+                if len(arr) and (arr.min() < 1 or arr.max() > self.n_items):
+                    raise DataError(
+                        f"domain {self.name}: {split} {what} item ids span "
+                        f"{arr.min()}..{arr.max()}, catalogue is 1..{self.n_items}"
+                    )
+
+
+@dataclass
+class MultiDomain:
+    """Several domains merged into one global item id space (for pre-training)."""
+
+    names: list[str]
+    offsets: dict[str, int]  # global id = offsets[name] + local item_idx
+    n_items: int  # total, excluding padding
+    train: Sequences
+    valid: dict[str, Sequences]  # per domain, local ids (evaluation ranks within a domain)
+    codes: np.ndarray  # int64 (n_items+1, D)
+    domains: dict[str, DomainData]
+
+
+def merge_domains(domains: list[DomainData]) -> MultiDomain:
+    """One global id space over ``domains`` (in the given order); codes are required."""
+    if not domains:
+        raise DataError("pre-training needs at least one domain")
+    offsets: dict[str, int] = {}
+    codes_rows = [None]
+    train_parts = []
+    total = 0
+    for k, d in enumerate(domains):
+        if d.codes is None:
+            raise DataError(f"domain {d.name} has no codes: run `vqrec codes` first")
+        offsets[d.name] = total
+        train_parts.append(d.splits["train"].shifted(total, k))
+        codes_rows.append(d.codes[1:])
+        total += d.n_items
+    dims = {c.shape[1] for c in codes_rows[1:]}
+    if len(dims) != 1:
+        raise DataError(f"domains have codes of different lengths {sorted(dims)}")
+    codes = np.concatenate([np.zeros((1, dims.pop()), np.int64)] + codes_rows[1:])
+    return MultiDomain(
+        names=[d.name for d in domains],
+        offsets=offsets,
+        n_items=total,
+        train=Sequences.concat(train_parts),
+        valid={d.name: d.splits["valid"] for d in domains},
+        codes=codes,
+        domains={d.name: d for d in domains},
+    )
+
+
+def batch_rows(
+    lengths: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator,
+    bucket: bool = True,
+    bucket_batches: int = 32,
+) -> list[np.ndarray]:
+    """Row indices of one epoch's batches.
+
+    Plain: a random permutation cut into batches. Bucketed: the permutation is cut into
+    chunks of ``bucket_batches`` batches, each chunk is sorted by length (stable) and cut
+    into batches, and the batch order is shuffled -- batches hold similar lengths, so
+    they pad little, while every epoch still sees a fresh random grouping.
+    Randomness comes only from ``generator`` (its state is checkpointed for resume).
+    """
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).numpy()
+    if not bucket:
+        return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = []
+    chunk = batch_size * bucket_batches
+    for start in range(0, n, chunk):
+        rows = perm[start : start + chunk]
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- the lake
+
+
+def _partition(root: Path, table: str, domain: str) -> Path:
+    path = root / table / f"domain={validate_name(domain, 'domain')}"
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist: no {table!r} for domain {domain!r} in {root}")
+    return path
+
+
+def _read_table(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError, KeyError) as err:
+        raise DataError(f"cannot read columns {columns} from {path}: {err}") from err
+    if table.num_rows == 0:
+        raise DataError(f"{path} holds no rows")
+    return table
+
+
+def _ragged(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list<int> column, without Python loops."""
+    arr = column.combine_chunks()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return values, offsets
+
+
+def read_sequences(clean_dir: Path, domain: str) -> dict[str, Sequences]:
+    """The three splits of ``domain`` from a committed clean version, in a fixed row order."""
+    path = _partition(clean_dir, "sequences", domain)
+    table = _read_table(path, ["split", "user_idx", "history", "target"])
+    split = table.column("split").to_numpy(zero_copy_only=False).astype(str)
+    users = table.column("user_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+    targets = table.column("target").to_numpy(zero_copy_only=False).astype(np.int64)
+    items, offsets = _ragged(table.column("history"))
+    lengths = np.diff(offsets)
+    if (lengths < 1).any():
+        bad = int(np.flatnonzero(lengths < 1)[0])
+        raise DataError(f"{path}: row of user_idx {users[bad]} ({split[bad]}) has an empty history")
+    out = {}
+    for name in SPLITS:
+        rows = np.flatnonzero(split == name)
+        if len(rows) == 0:
+            raise DataError(f"{path}: no {name!r} rows")
+        # Spark's file order is not stable: sort by user, then length, then target.
+        rows = rows[np.lexsort((targets[rows], lengths[rows], users[rows]))]
+        starts, ends = offsets[rows], offsets[rows + 1]
+        sub_len = ends - starts
+        sub_off = np.concatenate([[0], np.cumsum(sub_len)]).astype(np.int64)
+        gather = np.repeat(starts - sub_off[:-1], sub_len) + np.arange(sub_off[-1])
+        out[name] = Sequences(items[gather], sub_off, targets[rows], users[rows])
+    return out
+
+
+def read_n_items(clean_dir: Path, domain: str) -> int:
+    """Catalogue size of ``domain``; checks that item_idx is dense 1..N."""
+    path = _partition(clean_dir, "items", domain)
+    idx = _read_table(path, ["item_idx"]).column("item_idx").to_numpy().astype(np.int64)
+    n = len(idx)
+    if idx.min() != 1 or idx.max() != n or len(np.unique(idx)) != n:
+        raise DataError(f"{path}: item_idx must be dense 1..{n}, got {idx.min()}..{idx.max()}")
+    return n
+
+
+def read_codes(codes_dir: Path, domain: str, n_items: int) -> np.ndarray:
+    """(n_items+1, D) int64 raw codes of ``domain`` (row 0 zeros); every item must have one."""
+    path = _partition(codes_dir, "codes", domain)
+    table = _read_table(path, ["item_idx", "code"])
+    idx = table.column("item_idx").to_numpy().astype(np.int64)
+    values, offsets = _ragged(table.column("code"))
+    dims = np.unique(np.diff(offsets))
+    if len(dims) != 1:
+        raise DataError(f"{path}: codes have different lengths {dims.tolist()}")
+    codes = np.zeros((n_items + 1, int(dims[0])), np.int64)
+    if idx.min() < 1 or idx.max() > n_items:
+        raise DataError(f"{path}: item_idx {idx.min()}..{idx.max()} outside 1..{n_items}")
+    codes[idx] = values.reshape(len(idx), -1)
+    missing = np.setdiff1d(np.arange(1, n_items + 1), idx)
+    if len(missing):
+        raise DataError(f"{path}: {len(missing)} items have no code (first: {missing[:5]})")
+    if values.min() < 0:
+        raise DataError(f"{path}: negative code values")
+    return codes
+
+
+def read_embeddings(emb_dir: Path, domain: str, n_items: int) -> np.ndarray:
+    """(n_items+1, d) float32 text embeddings of ``domain`` (row 0 zeros)."""
+    path = _partition(emb_dir, "items", domain)
+    table = _read_table(path, ["item_idx", "embedding"])
+    idx = table.column("item_idx").to_numpy().astype(np.int64)
+    arr = table.column("embedding").combine_chunks()
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32)
+    emb = values.reshape(len(idx), -1)
+    out = np.zeros((n_items + 1, emb.shape[1]), np.float32)
+    if idx.min() < 1 or idx.max() > n_items or len(np.unique(idx)) != n_items:
+        raise DataError(f"{path}: embeddings must cover item_idx 1..{n_items} exactly once")
+    out[idx] = emb
+    return out
+
+
+def load_domain(
+    lake: str | os.PathLike[str] | None,
+    domain: str,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    embeddings_version: str | None = None,
+    need_codes: bool = True,
+    need_text: bool = False,
+) -> DomainData:
+    """Read one domain from committed lake versions (CURRENT when a version is None)."""
+    clean_dir = resolve_version(lake, "clean", clean_version)
+    n_items = read_n_items(clean_dir, domain)
+    data = DomainData(domain, n_items, read_sequences(clean_dir, domain))
+    data.source["clean"] = clean_dir.name
+    if need_codes:
+        codes_dir = resolve_version(lake, "codes", codes_version)
+        data.codes = read_codes(codes_dir, domain, n_items)
+        data.source["codes"] = codes_dir.name
+        quantizer = _quantizer_of(codes_dir, domain)
+        if quantizer:
+            data.source["quantizer"] = quantizer
+    if need_text:
+        emb_dir = resolve_version(lake, "embeddings", embeddings_version)
+        data.text = read_embeddings(emb_dir, domain, n_items)
+        data.source["embeddings"] = emb_dir.name
+        data.source["encoder"] = read_success(emb_dir).get("encoder")
+    data.check()
+    return data
+
+
+def _quantizer_of(codes_dir: Path, domain: str) -> str | None:
+    """The quantizer that coded ``domain`` (the codes table's ``quantizer`` column)."""
+    try:
+        path = _partition(codes_dir, "codes", domain)
+        column = pq.read_table(path, columns=["quantizer"]).column("quantizer")
+        names = pc.unique(column).to_pylist()
+        return ",".join(str(n) for n in names)
+    except (KeyError, pa.ArrowInvalid, DataError):
+        return None
+
+
+# -------------------------------------------------------------- published reference splits
+
+
+def read_reference_domain(folder: str | os.PathLike[str], name: str | None = None) -> DomainData:
+    """A domain from the published UniSRec/VQ-Rec files (``<D>.{train,valid,test}.inter``).
+
+    Item indices in the files are 0-based: they become item_idx = index + 1 (0 = padding).
+    ``source['item_ids']`` lists the raw item id of each item_idx (index 0 = padding), and
+    ``source['texts']`` their texts, for encoding.
+    """
+    folder = Path(folder)
+    name = name or folder.parent.name
+    splits = {}
+    for split in SPLITS:
+        path = folder / f"{name}.{split}.inter"
+        histories, targets, users = [], [], []
+        with open(path) as f:
+            next(f)  # header
+            for lineno, line in enumerate(f, start=2):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 3 or not parts[1].strip():
+                    raise DataError(f"{path}:{lineno}: expected user<TAB>history<TAB>target")
+                users.append(int(parts[0]))
+                histories.append([int(x) + 1 for x in parts[1].split()])
+                targets.append(int(parts[2]) + 1)
+        splits[split] = Sequences.from_lists(histories, targets, users)
+    item_ids = [""]
+    with open(folder / f"{name}.item2index") as f:
+        pairs = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    pairs.sort(key=lambda p: int(p[1]))
+    item_ids += [p[0] for p in pairs]
+    texts: dict[str, str] = {}
+    with open(folder / f"{name}.text") as f:
+        next(f)
+        for line in f:
+            item, _, text = line.rstrip("\n").partition("\t")
+            texts[item] = text
+    data = DomainData(name, len(item_ids) - 1, splits)
+    data.source = {
+        "reference": str(folder),
+        "item_ids": item_ids,
+        "texts": [""] + [texts.get(i, "") for i in item_ids[1:]],
+    }
+    data.check()
+    return data
