@@ -1,0 +1,151 @@
+"""Learned code permutation for transfer (VQ-Rec's code-embedding re-assignment).
+
+A new domain's codes come from its own quantizer, whose centroid labels mean nothing to the
+pre-trained code table. Before fine-tuning the table, VQ-Rec learns, per sub-vector, which
+pre-trained row each of the domain's M codes should use: an M x M permutation per block,
+relaxed with Gumbel-Sinkhorn.
+
+Here the forward pass uses the HARD permutation (an exact assignment on the noisy Sinkhorn
+matrix) and the backward pass is straight-through to the soft matrix,
+``hard - soft.detach() + soft``, so the logits get a real gradient. (The official code
+rounds the soft matrix with a ceiling, whose gradient is zero: its logits never move.)
+The final result, :meth:`CodePermutation.hard`, is a true bijection per block from
+``scipy.optimize.linear_sum_assignment`` on the logits.
+
+Usage in a training loop (the table frozen, only ``perm.logits`` in the optimizer)::
+
+    perm = CodePermutation(D, M)
+    with model.using_code_table(permuted_code_table(model, perm)):
+        loss = ...  # any loss of model outputs
+    loss.backward()
+    ...
+    apply_permutation(model, perm.hard())  # for good; then fine-tune the table
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from vqrec.model import VQRec
+
+
+def log_sinkhorn(log_alpha: torch.Tensor, iters: int) -> torch.Tensor:
+    """Alternate row and column normalisation in log space: [..., M, M] -> log of a
+    (nearly) doubly-stochastic matrix."""
+    for _ in range(iters):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-2, keepdim=True)
+    return log_alpha
+
+
+def assignment(scores: torch.Tensor) -> torch.LongTensor:
+    """The permutation of maximal total score per block: (D, M, M) -> (D, M) indices with
+    ``perm[d, i] = j`` meaning row i takes column j."""
+    values = scores.detach().double().cpu().numpy()
+    perm = np.empty(values.shape[:2], dtype=np.int64)
+    for d, block in enumerate(values):
+        rows, cols = linear_sum_assignment(block, maximize=True)
+        perm[d, rows] = cols
+    return torch.from_numpy(perm).to(scores.device)
+
+
+class CodePermutation(nn.Module):
+    """One learnable M x M permutation per sub-vector (Gumbel-Sinkhorn, straight-through)."""
+
+    def __init__(
+        self,
+        code_dim: int,
+        code_cap: int,
+        sinkhorn_iters: int = 3,
+        tau: float = 1.0,
+        noise: float = 1.0,
+    ):
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.code_dim, self.code_cap = code_dim, code_cap
+        self.sinkhorn_iters, self.tau, self.noise = sinkhorn_iters, tau, noise
+        # logits[d, i, j]: preference of the domain's code i (block d) for pre-trained row j.
+        # Zeros: no prior (the two quantizers' labels are unrelated).
+        self.logits = nn.Parameter(torch.zeros(code_dim, code_cap, code_cap))
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hard, soft) permutation matrices (D, M, M); Gumbel noise only in training mode."""
+        log_alpha = self.logits
+        if self.training and self.noise > 0:
+            uniform = torch.rand_like(log_alpha).clamp_(1e-10, 1.0 - 1e-7)
+            log_alpha = log_alpha - self.noise * torch.log(-torch.log(uniform))
+        log_alpha = log_sinkhorn(log_alpha / self.tau, self.sinkhorn_iters)
+        soft = log_alpha.exp()
+        # Sinkhorn only subtracts row and column constants (in log space), which shifts every
+        # permutation's total by the same amount: the assignment on log_alpha is the
+        # assignment on the noisy logits, whatever the number of iterations.
+        perm = assignment(log_alpha)
+        hard = torch.zeros_like(soft).scatter_(-1, perm.unsqueeze(-1), 1.0)
+        return hard, soft
+
+    def forward(self, table_block_weights: torch.Tensor) -> torch.Tensor:
+        """Permute code rows: (D, M, H) -> (D, M, H), ``out[d, i] = W[d, perm[d, i]]``.
+
+        The values are exactly the hard permutation; the gradient flows to ``self.logits``
+        through the soft Sinkhorn matrix (straight-through).
+        """
+        expected = (self.code_dim, self.code_cap)
+        if tuple(table_block_weights.shape[:2]) != expected:
+            raise ValueError(
+                f"table blocks must be (D, M, H) = {expected + ('H',)}, "
+                f"got {tuple(table_block_weights.shape)}"
+            )
+        hard, soft = self.matrices()
+        straight_through = hard - soft.detach() + soft
+        return torch.bmm(straight_through, table_block_weights)
+
+    @torch.no_grad()
+    def hard(self) -> torch.LongTensor:
+        """The learned permutation (D, M), a bijection per block (assignment on the logits)."""
+        return assignment(self.logits)
+
+
+def check_permutation(perm: torch.Tensor, code_dim: int, code_cap: int) -> torch.LongTensor:
+    """Return ``perm`` as a LongTensor if it is a (D, M) bijection per block, else raise."""
+    perm = torch.as_tensor(perm).long()
+    if tuple(perm.shape) != (code_dim, code_cap):
+        raise ValueError(f"permutation must be ({code_dim}, {code_cap}), got {tuple(perm.shape)}")
+    expected = torch.arange(code_cap, device=perm.device)
+    for d in range(code_dim):
+        if not torch.equal(perm[d].sort().values, expected):
+            raise ValueError(f"permutation row {d} is not a bijection of 0..{code_cap - 1}")
+    return perm
+
+
+def permuted_code_table(
+    model: VQRec, permutation: CodePermutation, detach_table: bool = True
+) -> torch.Tensor:
+    """The model's code table with ``permutation`` applied, for ``model.using_code_table``.
+
+    ``detach_table`` (default): only the permutation learns (the paper's first transfer
+    phase); the pre-trained rows get no gradient.
+    """
+    blocks = model.code_blocks()
+    if detach_table:
+        blocks = blocks.detach()
+    return model.blocks_to_table(permutation(blocks))
+
+
+@torch.no_grad()
+def apply_permutation(model: VQRec, perm: torch.LongTensor) -> None:
+    """Permanently reorder each block's code rows: new row i of block d = old row perm[d, i].
+
+    Afterwards ``model.code_embeddings(codes)`` equals the old ``code_embeddings`` of
+    ``perm[d, codes[..., d]]``; the catalogue codes are unchanged.
+    """
+    c = model.config
+    if c.item_encoder != "vq":
+        raise RuntimeError(f"apply_permutation needs item_encoder='vq', not {c.item_encoder!r}")
+    perm = check_permutation(perm, c.code_dim, c.code_cap).to(model.device)
+    blocks = model.code_blocks()  # a view into the parameter
+    reordered = blocks.gather(1, perm.unsqueeze(-1).expand(-1, -1, blocks.shape[-1]))
+    blocks.copy_(reordered)
