@@ -409,7 +409,7 @@ def log_codes(codes_dir: str | os.PathLike[str], domains: list[str] | None = Non
             for key, value in dstats.items():
                 if _is_number(value):
                     mlflow.log_metric(mlflow_key(f"codes.{domain}.{key}"), float(value))
-            entropy = _first(dstats, "usage_entropy", "entropy", "per_subvector_entropy")
+            entropy = _first(dstats, "entropy_bits", "usage_entropy", "entropy")
             if isinstance(entropy, list) and entropy:
                 png = Path(tmp) / f"code_usage_{domain}.png"
                 cap = _first(dstats, "code_cap", "M") or _first(stats, "code_cap")

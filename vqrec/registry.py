@@ -1,0 +1,877 @@
+"""The model registry: per-domain pyfunc recommenders, the backbone, champion/challenger.
+
+Registered models:
+
+* ``vqrec-<domain>``: backbone + that domain's lookup table + item codes + id maps + the
+  domain's frozen quantizer, as an ``mlflow.pyfunc`` model (:class:`VQRecRecommender`).
+  ``predict`` takes a DataFrame with ``history`` (raw item ids, oldest first), ``k`` and
+  optionally ``new_items`` (JSON list of ``{"item_id", "text"}``: items unseen in training,
+  encoded with the sentence encoder, coded with the frozen quantizer and embedded through
+  the code table on the fly) and ``exclude_seen``; it returns ``item_ids``/``scores`` (top-k),
+  ``unknown_items`` (history ids it could not use) and ``strategy`` (``model``, or
+  ``popularity`` when no history item is known: a cold user still gets an answer).
+* ``vqrec-backbone``: the pre-trained Transformer + its code table + the pre-training
+  quantizer, the same class without a catalogue: every item comes in ``new_items`` (a
+  zero-shot recommender over any catalogue of texts).
+
+Every new version gets the alias ``challenger``; :func:`promote` moves ``champion`` to it
+only if its test NDCG@10 is not worse than the champion's (minus a tolerance), and records
+the decision with both figures on the version (tags) and on its run. Downstream code loads
+``models:/vqrec-<domain>@champion``.
+
+Artifacts are safetensors / Parquet / faiss / JSON; the only pickle is the PythonModel
+instance itself (a stateless class importable from this package, shipped by ``code_paths``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+from vqrec import tracking
+from vqrec.lake import LakeError, read_success, resolve_version, validate_name
+
+log = logging.getLogger(__name__)
+
+BACKBONE_MODEL = "vqrec-backbone"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_METRIC = "test_ndcg@10"
+DEFAULT_K = 10
+
+# Version tags (keys must pass MLflow's validation: no "@").
+TAG_MODEL_VERSION = "vqrec.model_version"  # the lake version of models/<V>
+TAG_CONTENT = "vqrec.content_sha1"  # sha1 of the weights: same data => same registry version
+TAG_DECISION = "vqrec.promotion.decision"  # promoted | kept_champion | already_champion
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def domain_model_name(domain: str) -> str:
+    """The registered model name of a domain: ``vqrec-<domain>``."""
+    return f"vqrec-{validate_name(domain, 'domain')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the pyfunc model
+
+
+def _parse_new_items(value: Any, row: int) -> list[dict[str, str]]:
+    """``new_items`` of one input row -> [{item_id, text}], with a clear error on bad input."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"row {row}: new_items is not valid JSON ({exc.msg})") from exc
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list | tuple | np.ndarray):
+        raise ValueError(f"row {row}: new_items must be a JSON list of {{item_id, text}} objects")
+    items = []
+    for j, item in enumerate(value):
+        if not isinstance(item, dict) or "item_id" not in item or "text" not in item:
+            raise ValueError(f"row {row}: new_items[{j}] needs 'item_id' and 'text', got {item!r}")
+        text = str(item["text"]).strip()
+        if not text:
+            raise ValueError(f"row {row}: new_items[{j}] ({item['item_id']!r}) has an empty text")
+        items.append({"item_id": str(item["item_id"]), "text": text})
+    return items
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        # A JSON-encoded list (some REST clients send one) or a single id.
+        stripped = value.strip()
+        if stripped.startswith("["):
+            return list(json.loads(stripped))
+        return [stripped] if stripped else []
+    return list(value)
+
+
+class VQRecRecommender(mlflow.pyfunc.PythonModel):
+    """Top-k recommendation from a history of raw item ids (see the module docstring)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load weights (safetensors), id maps (Parquet) and the quantizer (faiss)."""
+        import pyarrow.parquet as pq
+        import torch
+
+        from vqrec.model import load_model
+
+        artifacts = context.artifacts
+        self.bundle = json.loads(Path(artifacts["bundle"]).read_text())
+        self.model = load_model(artifacts["model"]).eval()
+        with torch.no_grad():
+            self.item_emb = self.model.all_item_embeddings()  # (N+1, H), row 0 padding
+        self.item_ids = np.array([""], dtype=object)
+        self.popularity = np.zeros(1)
+        self.index_of: dict[str, int] = {}
+        if self.bundle.get("catalogue", True):
+            table = pq.read_table(artifacts["items"]).to_pandas()
+            n = int(table["item_idx"].max())
+            ids = np.full(n + 1, "", dtype=object)
+            ids[table["item_idx"].to_numpy()] = table["item_id"].astype(str).to_numpy()
+            pop = np.zeros(n + 1)
+            pop[table["item_idx"].to_numpy()] = table["popularity"].to_numpy(dtype=np.float64)
+            self.item_ids, self.popularity = ids, pop / max(pop.sum(), 1.0)
+            self.index_of = {item: i for i, item in enumerate(ids) if i > 0}
+            if len(ids) != len(self.item_emb):
+                raise ValueError(
+                    f"id map has {len(ids) - 1} items, the model's catalogue "
+                    f"{len(self.item_emb) - 1}: bundle is inconsistent"
+                )
+        self.quantizer_path = artifacts.get("quantizer")
+        self._quantizer = None
+        self._encoder = None
+        self._lock = threading.Lock()  # one request at a time through the lazy loaders
+
+    # -- unseen items: text -> sentence embedding -> frozen quantizer -> code table
+    def _encoder_model(self):
+        if self._encoder is None:
+            from vqrec.encoder import load_encoder
+
+            self._encoder = load_encoder(_resolve_encoder(self.bundle))
+        return self._encoder
+
+    def embed_new_items(self, texts: list[str]) -> Any:
+        """(n, H) item representations of unseen items from their texts."""
+        import torch
+
+        from vqrec.encoder import encode_texts
+        from vqrec.quantize import assign_codes, load_quantizer
+
+        if not self.quantizer_path:
+            raise ValueError("this model has no quantizer: it cannot code unseen items")
+        with self._lock:
+            if self._quantizer is None:
+                self._quantizer = load_quantizer(self.quantizer_path)
+            vectors = encode_texts(self._encoder_model(), texts)
+            codes = assign_codes(self._quantizer, vectors)
+        with torch.no_grad():
+            return self.model.code_embeddings(torch.as_tensor(codes.astype(np.int64)))
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """One output row per input row: top-k ``item_ids`` and ``scores`` (see module doc)."""
+        import torch
+
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "history" not in df.columns:
+            raise ValueError(f"input needs a 'history' column, got columns {list(df.columns)}")
+        n_rows = len(df)
+        ks = self._ks(df)
+        exclude = (
+            df["exclude_seen"].fillna(False).astype(bool).tolist()
+            if "exclude_seen" in df.columns
+            else [False] * n_rows
+        )
+
+        # Items unseen in training, per row; embedded all at once.
+        new_per_row: list[dict[str, int]] = []
+        texts: list[str] = []
+        for row, value in enumerate(df["new_items"] if "new_items" in df.columns else []):
+            mapping: dict[str, int] = {}
+            for item in _parse_new_items(value, row):
+                if item["item_id"] in self.index_of or item["item_id"] in mapping:
+                    continue  # a known item keeps its trained representation
+                mapping[item["item_id"]] = len(self.item_emb) + len(texts)
+                texts.append(item["text"])
+            new_per_row.append(mapping)
+        new_per_row += [{} for _ in range(n_rows - len(new_per_row))]
+        table = self.item_emb
+        if texts:
+            table = torch.cat([self.item_emb, self.embed_new_items(texts)])
+        n_known = len(self.item_emb)
+
+        # Histories as rows of the (extended) table; unknown ids are reported, not fatal.
+        max_len = self.model.config.max_len
+        histories, unknown = [], []
+        for row, value in enumerate(df["history"]):
+            ids, missing = [], []
+            for item in _as_list(value):
+                item = str(item)
+                idx = self.index_of.get(item) or new_per_row[row].get(item)
+                (ids if idx else missing).append(idx or item)
+            histories.append(ids[-max_len:])
+            unknown.append(missing)
+
+        out_ids: list[list[str]] = [[] for _ in range(n_rows)]
+        out_scores: list[list[float]] = [[] for _ in range(n_rows)]
+        strategy = ["model"] * n_rows
+        names = np.concatenate([self.item_ids, np.array(texts, dtype=object)])
+        for mapping in new_per_row:
+            for item_id, idx in mapping.items():
+                names[idx] = item_id
+        rows = [r for r in range(n_rows) if histories[r]]
+        for start in range(0, len(rows), 256):  # bounded (rows x catalogue) score matrix
+            chunk = rows[start : start + 256]
+            length = max(len(histories[r]) for r in chunk)
+            hist = torch.zeros(len(chunk), length, dtype=torch.long)
+            for i, r in enumerate(chunk):
+                hist[i, : len(histories[r])] = torch.as_tensor(histories[r])
+            lengths = torch.as_tensor([len(histories[r]) for r in chunk])
+            with torch.no_grad():
+                seq = self.model.encode(hist, lengths, history_emb=table[hist])
+                scores = self.model.score(seq, table)
+            scores[:, 0] = -torch.inf  # padding
+            for i, r in enumerate(chunk):
+                allowed = torch.zeros(len(table), dtype=torch.bool)
+                allowed[1:n_known] = bool(self.bundle.get("catalogue", True))
+                allowed[list(new_per_row[r].values())] = True
+                if exclude[r]:
+                    allowed[histories[r]] = False
+                row_scores = scores[i].masked_fill(~allowed, -torch.inf)
+                k = min(ks[r], int(allowed.sum()))
+                top = torch.topk(row_scores, k)
+                out_ids[r] = [str(names[j]) for j in top.indices.tolist()]
+                out_scores[r] = [float(s) for s in top.values.tolist()]
+        for r in range(n_rows):
+            if not histories[r]:
+                strategy[r] = "popularity"
+                out_ids[r], out_scores[r] = self._popular(ks[r], new_per_row[r])
+        return pd.DataFrame(
+            {
+                "item_ids": out_ids,
+                "scores": out_scores,
+                "unknown_items": unknown,
+                "strategy": strategy,
+            }
+        )
+
+    def _ks(self, df: pd.DataFrame) -> list[int]:
+        if "k" not in df.columns:
+            return [DEFAULT_K] * len(df)
+        ks = []
+        for row, value in enumerate(df["k"]):
+            try:
+                k = DEFAULT_K if pd.isna(value) else int(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"row {row}: k must be an integer, got {value!r}") from exc
+            if k < 1:
+                raise ValueError(f"row {row}: k must be >= 1, got {k}")
+            ks.append(k)
+        return ks
+
+    def _popular(self, k: int, new_items: dict[str, int]) -> tuple[list[str], list[float]]:
+        """Cold start: the domain's most popular items (share of interactions)."""
+        if len(self.popularity) <= 1:
+            # No catalogue (the backbone): nothing is popular; new items in given order.
+            return list(new_items)[:k], [0.0] * min(k, len(new_items))
+        order = np.argsort(-self.popularity[1:], kind="stable")[:k] + 1
+        return [str(self.item_ids[i]) for i in order], [float(self.popularity[i]) for i in order]
+
+
+def _resolve_encoder(bundle: dict[str, Any]) -> str:
+    """The sentence encoder folder/name whose key matches the one the items were encoded with.
+
+    The key (``vqrec.encoder.encoder_key``) hashes the model files, so a model at another
+    path (another venv, a serving image) is accepted only if it is the same model.
+    """
+    from vqrec.encoder import default_model_path, encoder_key, resolve_model
+
+    wanted, dim = bundle.get("encoder_key"), int(bundle.get("text_dim") or 0)
+    candidates = [
+        c
+        for c in (os.environ.get("VQREC_ENCODER"), bundle.get("encoder_model"))
+        if c and (Path(c).exists() or "/" in c or not Path(c).suffix)
+    ]
+    candidates.append(default_model_path())
+    tried = []
+    for candidate in candidates:
+        try:
+            model_id = resolve_model(candidate)
+        except ValueError:
+            continue
+        if (
+            not wanted
+            or not dim
+            or (Path(model_id).exists() and encoder_key(model_id, dim) == wanted)
+        ):
+            return model_id
+        tried.append(model_id)
+    raise ValueError(
+        f"no sentence encoder with key {wanted!r} found (tried {tried}); "
+        "set $VQREC_ENCODER to the model folder the items were encoded with"
+    )
+
+
+def signature() -> ModelSignature:
+    """The pyfunc signature: history/k/new_items/exclude_seen in, top-k lists out."""
+    inputs = Schema(
+        [
+            ColSpec(Array(DataType.string), "history"),
+            ColSpec(DataType.long, "k", required=False),
+            ColSpec(DataType.string, "new_items", required=False),
+            ColSpec(DataType.boolean, "exclude_seen", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(Array(DataType.string), "item_ids"),
+            ColSpec(Array(DataType.double), "scores"),
+            ColSpec(Array(DataType.string), "unknown_items"),
+            ColSpec(DataType.string, "strategy"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# building a bundle from the lake
+
+
+@dataclass
+class Bundle:
+    """The files of one registrable model, staged in a temp folder, plus what they describe."""
+
+    artifacts: dict[str, str]
+    info: dict[str, Any]
+    input_example: pd.DataFrame
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _encoder_info(lake: str | os.PathLike[str] | None, embeddings_version: str | None) -> dict:
+    """encoder_key / encoder_model / text_dim from an embeddings version's _SUCCESS."""
+    try:
+        meta = read_success(resolve_version(lake, "embeddings", embeddings_version))
+    except LakeError:
+        return {}
+    return {
+        "encoder_key": meta.get("encoder"),
+        "encoder_model": (meta.get("config") or {}).get("model") or meta.get("model"),
+        "text_dim": meta.get("dimension"),
+        "embeddings_version": meta.get("version"),
+    }
+
+
+def _data_versions(model_dir: Path) -> dict[str, str]:
+    """The clean/codes/embeddings versions a model was trained on, as recorded by the trainer."""
+    found: dict[str, str] = {}
+    for source in (model_dir / "config.json", model_dir / "metrics.json"):
+        if source.exists():
+            doc = json.loads(source.read_text())
+            for holder in (doc, doc.get("source") or {}, doc.get("data") or {}):
+                if not isinstance(holder, dict):
+                    continue
+                for stage in ("clean", "codes", "embeddings"):
+                    value = holder.get(f"{stage}_version") or holder.get(stage)
+                    if isinstance(value, str) and stage not in found:
+                        found[stage] = value
+    return found
+
+
+def build_domain_bundle(
+    lake: str | os.PathLike[str] | None,
+    domain: str,
+    out_dir: str | os.PathLike[str],
+    model_version: str | None = None,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    embeddings_version: str | None = None,
+) -> Bundle:
+    """Stage the files of ``vqrec-<domain>`` from committed lake versions into ``out_dir``.
+
+    Versions default to what the trainer recorded in the model's config/metrics, else CURRENT.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    domain = validate_name(domain, "domain")
+    models_dir = resolve_version(lake, "models", model_version)
+    model_dir = models_dir / "domains" / domain
+    if not (model_dir / "model.safetensors").exists():
+        raise LakeError(f"{model_dir} holds no model.safetensors: was {domain!r} fine-tuned?")
+    recorded = _data_versions(model_dir)
+    clean_dir = resolve_version(lake, "clean", clean_version or recorded.get("clean"))
+    codes_dir = resolve_version(lake, "codes", codes_version or recorded.get("codes"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Id map + popularity (share of the domain's interactions) for cold users.
+    items = pq.read_table(clean_dir / "items" / f"domain={domain}", columns=["item_idx", "item_id"])
+    inter = pq.read_table(clean_dir / "interactions" / f"domain={domain}", columns=["item_idx"])
+    counts = pc.value_counts(inter.column("item_idx")).flatten()
+    pop = dict(zip(counts[0].to_pylist(), counts[1].to_pylist(), strict=True))
+    item_idx = items.column("item_idx").to_pylist()
+    table = pa.table(
+        {
+            "item_idx": pa.array(item_idx, pa.int32()),
+            "item_id": items.column("item_id").cast(pa.string()),
+            "popularity": pa.array([int(pop.get(i, 0)) for i in item_idx], pa.int64()),
+        }
+    ).sort_by("item_idx")
+    pq.write_table(table, out / "items.parquet")
+
+    codes_config = json.loads((codes_dir / "config.json").read_text())
+    quantizer = (codes_config.get("quantizer_of_domain") or {}).get(domain)
+    if quantizer is None:
+        raise LakeError(f"{codes_dir}: no quantizer recorded for domain {domain!r}")
+    shutil.copy2(codes_dir / "quantizers" / f"{quantizer}.faiss", out / "quantizer.faiss")
+    shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
+    emb_version = (
+        embeddings_version or recorded.get("embeddings") or codes_config.get("embeddings_version")
+    )
+    info = {
+        "kind": "domain",
+        "catalogue": True,
+        "domain": domain,
+        "model_version": models_dir.name,
+        "clean_version": clean_dir.name,
+        "codes_version": codes_dir.name,
+        "quantizer": quantizer,
+        "content_sha1": _sha1(out / "model.safetensors"),
+        **_encoder_info(lake, emb_version),
+    }
+    (out / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    popular = table.sort_by([("popularity", "descending")]).column("item_id").to_pylist()
+    example = pd.DataFrame({"history": [popular[:3][::-1]], "k": [5]})
+    artifacts = {
+        "model": str(out / "model.safetensors"),
+        "items": str(out / "items.parquet"),
+        "quantizer": str(out / "quantizer.faiss"),
+        "bundle": str(out / "bundle.json"),
+    }
+    return Bundle(artifacts, info, example)
+
+
+def build_backbone_bundle(
+    lake: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    model_version: str | None = None,
+    codes_version: str | None = None,
+    embeddings_version: str | None = None,
+) -> Bundle:
+    """Stage ``vqrec-backbone``: pre-trained model (Transformer + code table) + its quantizer."""
+    models_dir = resolve_version(lake, "models", model_version)
+    model_dir = models_dir / "backbone"
+    if not (model_dir / "model.safetensors").exists():
+        raise LakeError(f"{model_dir} holds no model.safetensors: was the backbone pre-trained?")
+    recorded = _data_versions(model_dir)
+    codes_dir = resolve_version(lake, "codes", codes_version or recorded.get("codes"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(model_dir / "model.safetensors", out / "model.safetensors")
+    shutil.copy2(codes_dir / "quantizers" / "pretrain.faiss", out / "quantizer.faiss")
+    codes_config = json.loads((codes_dir / "config.json").read_text())
+    emb_version = (
+        embeddings_version or recorded.get("embeddings") or codes_config.get("embeddings_version")
+    )
+    info = {
+        "kind": "backbone",
+        "catalogue": False,
+        "model_version": models_dir.name,
+        "codes_version": codes_dir.name,
+        "quantizer": "pretrain",
+        "content_sha1": _sha1(out / "model.safetensors"),
+        **_encoder_info(lake, emb_version),
+    }
+    (out / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    example = pd.DataFrame(
+        {
+            "history": [["a"]],
+            "k": [1],
+            "new_items": [json.dumps([{"item_id": "a", "text": "a red pen"}])],
+        }
+    )
+    artifacts = {
+        "model": str(out / "model.safetensors"),
+        "quantizer": str(out / "quantizer.faiss"),
+        "bundle": str(out / "bundle.json"),
+    }
+    return Bundle(artifacts, info, example)
+
+
+# ---------------------------------------------------------------------------------------------
+# registering and promoting
+
+
+def _version_metric(client: MlflowClient, version: Any, metric: str) -> float | None:
+    """A version's figure: its ``vqrec.metric.<key>`` tag, else its run's metric."""
+    key = tracking.mlflow_key(metric)
+    tag = version.tags.get(f"vqrec.metric.{key}")
+    if tag not in (None, ""):
+        return float(tag)
+    if version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get(key)
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _champion(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str | int,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` iff its ``metric`` >= the champion's - ``tolerance``.
+
+    No champion yet: promote. A challenger without the figure is never promoted over an
+    existing champion. The decision and both figures are written as tags on the version and
+    as params/metrics of its run. Returns the decision as a dict.
+    """
+    version = str(version)
+    mv = client.get_model_version(name, version)
+    challenger_value = _version_metric(client, mv, metric)
+    champ = _champion(client, name)
+    champion_value = _version_metric(client, champ, metric) if champ else None
+    decision: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "metric": metric,
+        "tolerance": float(tolerance),
+        "challenger_value": challenger_value,
+        "champion_version": champ.version if champ else None,
+        "champion_value": champion_value,
+    }
+    if champ is not None and champ.version == version:
+        promoted, reason = True, "already_champion"
+    elif champ is None:
+        promoted, reason = True, "promoted"
+        decision["why"] = "no champion yet"
+    elif challenger_value is None:
+        promoted, reason = False, "kept_champion"
+        decision["why"] = f"challenger has no {metric}"
+    elif champion_value is None or challenger_value >= champion_value - tolerance:
+        promoted, reason = True, "promoted"
+        decision["why"] = (
+            f"champion has no {metric}"
+            if champion_value is None
+            else f"{challenger_value:.6f} >= {champion_value:.6f} - {tolerance}"
+        )
+    else:
+        promoted, reason = False, "kept_champion"
+        decision["why"] = f"{challenger_value:.6f} < {champion_value:.6f} - {tolerance}"
+    decision.update(promoted=promoted, decision=reason)
+    if promoted and reason != "already_champion":
+        client.set_registered_model_alias(name, CHAMPION, version)
+    _record_decision(client, mv, decision)
+    log.info("promotion %s v%s: %s (%s)", name, version, reason, decision.get("why", ""))
+    return decision
+
+
+def _record_decision(client: MlflowClient, mv: Any, decision: dict[str, Any]) -> None:
+    key = tracking.mlflow_key(decision["metric"])
+    tags = {
+        TAG_DECISION: decision["decision"],
+        "vqrec.promotion.metric": decision["metric"],
+        "vqrec.promotion.tolerance": str(decision["tolerance"]),
+        "vqrec.promotion.challenger_value": str(decision["challenger_value"]),
+        "vqrec.promotion.champion_version": str(decision["champion_version"]),
+        "vqrec.promotion.champion_value": str(decision["champion_value"]),
+        "vqrec.promotion.why": decision.get("why", ""),
+    }
+    for tag, value in tags.items():
+        client.set_model_version_tag(mv.name, mv.version, tag, value)
+    if not mv.run_id:
+        return
+    run = client.get_run(mv.run_id)
+    for tag, value in tags.items():
+        client.set_tag(mv.run_id, tag, value)
+    params = {
+        "promotion.decision": decision["decision"],
+        "promotion.tolerance": str(decision["tolerance"]),
+        "promotion.champion_version": str(decision["champion_version"]),
+    }
+    for param, value in params.items():
+        if param not in run.data.params:  # params are immutable: first decision wins
+            client.log_param(mv.run_id, param, value)
+    for which in ("challenger", "champion"):
+        value = decision[f"{which}_value"]
+        if value is not None:
+            client.log_metric(mv.run_id, f"promotion.{which}_{key}", float(value))
+
+
+def _find_registered(client: MlflowClient, name: str, info: dict[str, Any]) -> Any | None:
+    """An existing version registered from the same lake model version and the same weights."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        if (
+            mv.tags.get(TAG_MODEL_VERSION) == info["model_version"]
+            and mv.tags.get(TAG_CONTENT) == info["content_sha1"]
+        ):
+            return mv
+    return None
+
+
+def _recorded_decision(mv: Any) -> dict[str, Any]:
+    tags = mv.tags
+    return {
+        "name": mv.name,
+        "version": mv.version,
+        "metric": tags.get("vqrec.promotion.metric"),
+        "decision": tags.get(TAG_DECISION),
+        "promoted": tags.get(TAG_DECISION) in {"promoted", "already_champion"},
+        "challenger_value": tags.get("vqrec.promotion.challenger_value"),
+        "champion_version": tags.get("vqrec.promotion.champion_version"),
+        "champion_value": tags.get("vqrec.promotion.champion_value"),
+        "why": tags.get("vqrec.promotion.why"),
+    }
+
+
+def register_bundle(
+    lake: str | os.PathLike[str] | None,
+    name: str,
+    bundle: Bundle,
+    model_dir: str | os.PathLike[str],
+    pipeline_run_id: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+) -> dict[str, Any]:
+    """Log ``bundle`` as a pyfunc, register it as ``name``@challenger, then :func:`promote`.
+
+    Idempotent: a version already registered from the same lake model version with the same
+    weights is reused (no new version, no second promotion). The logging run is a stage run
+    ``register-<name>`` under the pipeline run (params, epoch metrics, curves, quality report).
+    Returns ``{"name", "version", "reused", "promotion": {...}}``.
+    """
+    tracking.setup_tracking(lake, experiment)
+    client = MlflowClient()
+    info = bundle.info
+    existing = _find_registered(client, name, info)
+    if existing is not None:
+        if existing.tags.get(TAG_DECISION):
+            decision = _recorded_decision(existing)
+        else:  # registered, but the promotion step never ran (a killed task): run it now
+            decision = promote(client, name, existing.version, metric, tolerance)
+        return {"name": name, "version": existing.version, "reused": True, "promotion": decision}
+
+    run_key = pipeline_run_id or info["model_version"]
+    data_versions = {
+        k.removesuffix("_version"): info[k]
+        for k in ("clean_version", "codes_version", "embeddings_version", "model_version")
+        if info.get(k)
+    }
+    with tracking.stage_run(
+        lake,
+        run_key,
+        f"register-{name}",
+        domain=info.get("domain"),
+        data_versions=data_versions,
+        experiment=experiment,
+    ):
+        tests = tracking.log_model_dir(model_dir)
+        tracking.log_params({"bundle": info})
+        if info.get("domain") and info.get("clean_version"):
+            try:
+                clean_dir = resolve_version(lake, "clean", info["clean_version"])
+                tracking.log_quality_report(clean_dir, info["domain"])
+            except LakeError as exc:
+                log.warning("no quality report logged: %s", exc)
+        model_info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=VQRecRecommender(),
+            artifacts=bundle.artifacts,
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature(),
+            input_example=bundle.input_example,
+            registered_model_name=name,
+            # Given, not inferred: inference would import and profile the model (slow).
+            pip_requirements=_requirements(),
+        )
+        version = str(model_info.registered_model_version)
+        tags = {
+            TAG_MODEL_VERSION: info["model_version"],
+            TAG_CONTENT: info["content_sha1"],
+            tracking.TAG_PIPELINE_RUN: run_key,
+            **{f"vqrec.data.{k}": v for k, v in data_versions.items()},
+            **{f"vqrec.metric.{tracking.mlflow_key(k)}": str(v) for k, v in tests.items()},
+        }
+        commit = tracking.git_commit()
+        if commit:
+            tags[tracking.TAG_GIT_COMMIT] = commit
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        client.update_registered_model(name, description=_model_description(name, info))
+        decision = promote(client, name, version, metric, tolerance)
+        mlflow.set_tag("vqrec.registered_version", version)
+    return {"name": name, "version": version, "reused": False, "promotion": decision}
+
+
+def _model_description(name: str, info: dict[str, Any]) -> str:
+    if info.get("kind") == "backbone":
+        return (
+            "VQ-Rec backbone: pre-trained Transformer + code table + pre-training OPQ "
+            "quantizer. predict(history of ids, k, new_items=[{item_id, text}]) ranks the "
+            "given new items (zero-shot)."
+        )
+    return (
+        f"VQ-Rec recommender for domain {info.get('domain')!r}: backbone + lookup table + "
+        "item codes + id maps + frozen quantizer. predict(history=[item_id...], k, "
+        "new_items=[{item_id, text}] optional) -> item_ids, scores. Load "
+        f"models:/{name}@champion."
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = []
+    for dist in (
+        "torch",
+        "faiss-cpu",
+        "safetensors",
+        "pandas",
+        "pyarrow",
+        "numpy",
+        "sentence-transformers",
+        "mlflow",
+    ):
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except Exception:  # not installed here: leave it unpinned
+            pins.append(dist)
+    return pins
+
+
+def register_domain(
+    lake: str | os.PathLike[str] | None,
+    domain: str,
+    model_version: str | None = None,
+    pipeline_run_id: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    **versions: str | None,
+) -> dict[str, Any]:
+    """Register ``vqrec-<domain>`` from ``<lake>/models/<V>/domains/<domain>/`` and promote.
+
+    ``versions`` may name clean_version / codes_version / embeddings_version explicitly.
+    """
+    models_dir = resolve_version(lake, "models", model_version)
+    with tempfile.TemporaryDirectory(prefix="vqrec-bundle-") as tmp:
+        bundle = build_domain_bundle(lake, domain, tmp, models_dir.name, **versions)
+        return register_bundle(
+            lake,
+            domain_model_name(domain),
+            bundle,
+            models_dir / "domains" / domain,
+            pipeline_run_id,
+            metric,
+            tolerance,
+            experiment,
+        )
+
+
+def register_backbone(
+    lake: str | os.PathLike[str] | None,
+    model_version: str | None = None,
+    pipeline_run_id: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    **versions: str | None,
+) -> dict[str, Any]:
+    """Register ``vqrec-backbone`` from ``<lake>/models/<V>/backbone/`` and promote."""
+    models_dir = resolve_version(lake, "models", model_version)
+    with tempfile.TemporaryDirectory(prefix="vqrec-bundle-") as tmp:
+        bundle = build_backbone_bundle(lake, tmp, models_dir.name, **versions)
+        return register_bundle(
+            lake,
+            BACKBONE_MODEL,
+            bundle,
+            models_dir / "backbone",
+            pipeline_run_id,
+            metric,
+            tolerance,
+            experiment,
+        )
+
+
+def load_champion(domain: str, lake: str | os.PathLike[str] | None = None):
+    """``mlflow.pyfunc.load_model("models:/vqrec-<domain>@champion")`` against the lake's store."""
+    tracking.setup_tracking(lake)
+    return mlflow.pyfunc.load_model(f"models:/{domain_model_name(domain)}@{CHAMPION}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: vqrec register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vqrec register",
+        description="Register the backbone and per-domain models of a models version in "
+        "MLflow and promote each challenger that is not worse than its champion.",
+    )
+    p.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE or ./var/lake)")
+    p.add_argument("--version", default=None, help="models version (default CURRENT)")
+    p.add_argument("--domains", default="", help="comma-separated domains (default: all)")
+    p.add_argument("--no-backbone", action="store_true", help="skip vqrec-backbone")
+    p.add_argument("--run-id", default=None, help="pipeline run id (parent MLflow run)")
+    p.add_argument("--metric", default=DEFAULT_METRIC)
+    p.add_argument("--tolerance", type=float, default=0.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    models_dir = resolve_version(args.lake, "models", args.version)
+    domains = [d for d in args.domains.split(",") if d] or sorted(
+        p.name for p in (models_dir / "domains").iterdir() if p.is_dir()
+    )
+    results = []
+    if not args.no_backbone and (models_dir / "backbone" / "model.safetensors").exists():
+        results.append(
+            register_backbone(args.lake, models_dir.name, args.run_id, args.metric, args.tolerance)
+        )
+    for domain in domains:
+        results.append(
+            register_domain(
+                args.lake, domain, models_dir.name, args.run_id, args.metric, args.tolerance
+            )
+        )
+    json.dump(results, sys.stdout, indent=2, default=str)
+    print()
+    return 0
