@@ -419,7 +419,7 @@ class CodesConfig:
     lake: str | None = None  # None: $VQREC_LAKE or ./var/lake
     version: str | None = None  # output version; None: a UTC timestamp
     embeddings_version: str | None = None  # None: CURRENT
-    clean_version: str | None = None  # None: CURRENT
+    clean_version: str | None = None  # None: the one the embeddings came from, else CURRENT
     code_dim: int = 32  # D sub-vectors
     bits: int = 8  # M = 2**bits centroids per sub-vector
     seed: int = 0
@@ -522,9 +522,22 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
     """
     cfg = config
     emb_dir = resolve_version(cfg.lake, "embeddings", cfg.embeddings_version)
-    clean_dir = resolve_version(cfg.lake, "clean", cfg.clean_version) if cfg.strict else None
-    log.info("embeddings %s, clean %s", emb_dir, clean_dir)
     emb_meta = read_success(emb_dir)
+    clean_dir = None
+    if cfg.strict:
+        # item_idx only means the same item within one clean version: by default read the
+        # sequences of the clean version the embeddings were made from.
+        clean_dir = resolve_version(
+            cfg.lake, "clean", cfg.clean_version or emb_meta.get("clean_version")
+        )
+        if emb_meta.get("clean_version") not in (None, clean_dir.name):
+            log.warning(
+                "embeddings %s were made from clean version %s, not %s: item ids may differ",
+                emb_dir.name,
+                emb_meta["clean_version"],
+                clean_dir.name,
+            )
+    log.info("embeddings %s, clean %s", emb_dir, clean_dir)
 
     def load(domain: str) -> _Domain:
         return _load_domain(cfg, emb_dir, clean_dir, domain)  # type: ignore[arg-type]
@@ -663,7 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE or ./var/lake)")
     p.add_argument("--version", default=None, help="output version (default: UTC timestamp)")
     p.add_argument("--embeddings-version", default=None, help="default: CURRENT")
-    p.add_argument("--clean-version", default=None, help="default: CURRENT")
+    p.add_argument(
+        "--clean-version", default=None, help="default: the embeddings' clean version, or CURRENT"
+    )
     p.add_argument("--pretrain-domains", type=_domains, default=(), help="comma-separated")
     p.add_argument("--target-domains", type=_domains, default=(), help="comma-separated")
     p.add_argument("--strategy", choices=STRATEGIES, default="domain")
