@@ -1,0 +1,831 @@
+"""Training: multi-domain pre-training and per-domain fine-tuning of VQ-Rec.
+
+Modes (``TrainConfig.mode``):
+
+* ``pretrain``: several domains in one global id space, in-batch contrastive loss with one
+  semi-synthetic hard negative per row (the positive's code, a fraction rho corrupted).
+* ``transfer`` (the paper's inductive setting): load the pre-trained model, freeze the
+  Transformer and positions, learn a permutation of each code block (Gumbel-Sinkhorn,
+  hard forward, straight-through backward) for ``permutation_epochs``, apply it for good,
+  then fine-tune the code table (+ input LayerNorm) with a full softmax over the domain.
+* ``full``: the same start (pre-trained weights, permutation), nothing frozen.
+* ``scratch``: random init, everything trained, full softmax (also the ID-only and
+  text-adaptor baselines, with ``ModelConfig.item_encoder`` "id" / "text").
+
+Every epoch ends with a checkpoint (one ``torch.save`` file of tensors + JSON state,
+loaded with ``weights_only=True``); ``resume=True`` continues a killed run from its last
+finished epoch and, on CPU with a seed, gives the same result as an uninterrupted run (the
+RNG states of dropout, batching and negative sampling are checkpointed too). Early
+stopping on valid NDCG@10 with ``patience``; test is reported on the best epoch.
+
+Multi-GPU pre-training: run under ``torchrun``; the objective is wrapped in
+DistributedDataParallel (NCCL on CUDA, gloo on CPU), each rank takes a slice of every
+global batch (in-batch negatives are those of the rank's slice), rank 0 evaluates,
+checkpoints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from vqrec.data import DomainData, MultiDomain, Sequences, batch_rows, load_domain, merge_domains
+from vqrec.evaluate import EvalConfig, evaluate, format_metrics
+from vqrec.lake import lake_root, resolve_version, staged_version, validate_name
+from vqrec.losses import contrastive_loss, corrupt_codes, full_softmax_loss
+from vqrec.model import ModelConfig, VQRec, load_model, save_lookup_table, save_model
+
+MODES = ("pretrain", "transfer", "full", "scratch")
+PERMUTATIONS = ("learned", "identity", "random")
+EARLY_STOP_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model's shape lives in :class:`vqrec.model.ModelConfig`)."""
+
+    mode: str = "pretrain"  # pretrain | transfer | full | scratch
+    epochs: int = 300  # upper bound; early stopping usually ends first
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # epochs without a better valid NDCG@10 before stopping
+    seed: int = 2026
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    rho: float = 0.75  # share of code indices corrupted for the hard negative
+    permutation: str = "learned"  # learned | identity | random (transfer/full)
+    permutation_epochs: int = 5
+    permutation_lr: float = 1e-3
+    sinkhorn_iters: int = 3
+    bucket: bool = True  # length-bucketed batches (see vqrec.data.batch_rows)
+    max_len: int = 50
+    eval_batch_size: int = 1024
+    valid_rows: int = 0  # pre-training: evaluate on at most this many valid rows/domain (0 all)
+    amp: bool = False  # bf16 autocast (off: not measured to help on CPU)
+    compile: bool = False  # torch.compile the training objective (off: not measured)
+    progress: bool = True  # tqdm bars
+    stop_after_epochs: int = 0  # >0: stop (as if killed) after this many epochs of this run
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.permutation not in PERMUTATIONS:
+            raise ValueError(f"permutation must be one of {PERMUTATIONS}, not {self.permutation!r}")
+        for name in ("epochs", "batch_size", "patience", "max_len", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], not {self.rho}")
+
+
+class StopRequested(RuntimeError):
+    """Raised by ``stop_after_epochs`` after a checkpoint: behaves like a killed run."""
+
+
+@dataclass
+class TrainResult:
+    model: VQRec
+    metrics: dict[str, Any]  # per-epoch history, best epoch, best valid, test
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present (``auto``), else CPU; an explicit name is taken as is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------- distributed
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return True
+
+
+# ---------------------------------------------------------------------- objectives
+
+
+class PretrainObjective(nn.Module):
+    """In-batch contrastive loss with one semi-synthetic hard negative per row.
+
+    A module (not a function) so that DDP and torch.compile can wrap one forward call.
+    """
+
+    def __init__(self, model: VQRec, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(
+        self,
+        hist: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: torch.Tensor,
+        neg_codes: torch.Tensor,
+    ) -> torch.Tensor:
+        b, length = hist.shape
+        # Histories and targets share many items: embed every distinct id once.
+        emb = self.model.item_embeddings(torch.cat([hist.reshape(-1), targets]))
+        hist_emb = emb[: b * length].view(b, length, -1)
+        seq = self.model.encode(hist, lengths, history_emb=hist_emb)
+        hard = self.model.code_embeddings(neg_codes)
+        return contrastive_loss(seq, emb[b * length :], targets, self.temperature, hard)
+
+
+class FinetuneObjective(nn.Module):
+    """Cross-entropy over every item of the domain (padding excluded)."""
+
+    def __init__(self, model: VQRec, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, hist: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor):
+        seq = self.model.encode(hist, lengths)
+        return full_softmax_loss(seq, self.model.all_item_embeddings(), targets, self.temperature)
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    """One file, replaced atomically: tensors + the JSON state (so they never disagree)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"tensors": tensors, "state_json": json.dumps(state)}, tmp)
+    os.replace(tmp, path)
+    (path.parent / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return blob["tensors"], json.loads(blob["state_json"])
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------- the epoch loop
+
+
+class Loop:
+    """Epochs, early stopping, checkpoints and resume for one training phase sequence.
+
+    A run is a list of phases ("permutation", "train"); the checkpoint records the phase
+    and epoch reached, the model, optimizer and RNG states, and the best model so far.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: VQRec,
+        device: torch.device,
+        checkpoint: Path | None,
+        resume: bool,
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.device = device
+        self.checkpoint = checkpoint
+        self.rank, self.world = _world()
+        self.sampler_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": {}}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.position = {"phase": "", "epoch": 0, "done": False}
+        self.epochs_this_run = 0
+        self.restored: dict[str, Any] | None = None
+        if resume and checkpoint is not None and checkpoint.exists():
+            self.restored, state = _load_checkpoint(checkpoint)
+            if state.get("config") != _resumable(cfg):
+                raise ValueError(
+                    f"{checkpoint}: the checkpoint was written with a different config; "
+                    "run without --resume to start over"
+                )
+            self.history = state["history"]
+            self.best = state["best"]
+            self.bad_epochs = state["bad_epochs"]
+            self.position = state["position"]
+            self.model.load_state_dict(self.restored["model"])
+            self.best_state = self.restored.get("best_model")
+            torch.set_rng_state(self.restored["rng_torch"])
+            self.sampler_gen.set_state(self.restored["rng_sampler"])
+            self.noise_gen.set_state(self.restored["rng_noise"])
+            if device.type == "cuda" and "rng_cuda" in self.restored:
+                torch.cuda.set_rng_state(self.restored["rng_cuda"])
+
+    def finished(self, phase: str, epochs: int) -> int:
+        """Epochs of ``phase`` already done in a resumed run (0 when fresh)."""
+        if self.position["phase"] == phase:
+            return self.position["epoch"]
+        order = ["permutation", "train"]
+        if self.position["phase"] in order and order.index(self.position["phase"]) > order.index(
+            phase
+        ):
+            return epochs  # a later phase started: this one is complete
+        return 0
+
+    def save(self, phase: str, epoch: int, extra: dict[str, torch.Tensor], done: bool) -> None:
+        self.position = {"phase": phase, "epoch": epoch, "done": done}
+        if self.rank != 0 or self.checkpoint is None:
+            return
+        tensors: dict[str, Any] = {
+            "model": _cpu_state(self.model),
+            "rng_torch": torch.get_rng_state(),
+            "rng_sampler": self.sampler_gen.get_state(),
+            "rng_noise": self.noise_gen.get_state().cpu(),
+            **extra,
+        }
+        if self.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state()
+        if self.best_state is not None:
+            tensors["best_model"] = self.best_state
+        state = {
+            "config": _resumable(self.cfg),
+            "history": self.history,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "position": self.position,
+        }
+        _save_checkpoint(self.checkpoint, tensors, state)
+
+    def tick(self) -> None:
+        """Count an epoch of this run; stop like a kill when asked (tests of resume)."""
+        self.epochs_this_run += 1
+        if self.cfg.stop_after_epochs and self.epochs_this_run >= self.cfg.stop_after_epochs:
+            raise StopRequested(f"stopped after {self.epochs_this_run} epochs (as requested)")
+
+    def run_epoch(
+        self,
+        seqs: Sequences,
+        step,
+        optimizer: torch.optim.Optimizer,
+        desc: str,
+        params: list[torch.Tensor],
+    ) -> dict[str, float]:
+        """One pass over ``seqs``; ``step(hist, lengths, targets) -> loss`` on this rank's rows."""
+        cfg = self.cfg
+        batches = batch_rows(seqs.lengths, cfg.batch_size, self.sampler_gen, cfg.bucket)
+        total, rows_done, t0 = 0.0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=desc, leave=False, disable=not cfg.progress or self.rank != 0)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
+        for rows in bar:
+            rows = rows[self.rank :: self.world]  # this rank's slice of the global batch
+            hist, lengths, targets = seqs.batch(rows, cfg.max_len)
+            hist, lengths, targets = (t.to(self.device) for t in (hist, lengths, targets))
+            with amp:
+                loss = step(hist, lengths, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss.detach())
+            total += loss_value * len(rows)
+            rows_done += len(rows)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        seconds = time.perf_counter() - t0
+        return {
+            "loss": total / max(rows_done, 1),
+            "seconds": seconds,
+            "seq_per_s": rows_done * self.world / max(seconds, 1e-9),
+        }
+
+    def record(self, entry: dict[str, Any], log: bool = True) -> bool:
+        """Append an epoch's entry; update the best model; True when patience ran out."""
+        self.history.append(entry)
+        score = entry.get("valid", {}).get(EARLY_STOP_METRIC)
+        improved = score is not None and score > self.best["score"]
+        if improved:
+            self.best = {"score": score, "epoch": entry["epoch"], "valid": entry["valid"]}
+            self.best_state = _cpu_state(self.model)
+            self.bad_epochs = 0
+        elif score is not None:
+            self.bad_epochs += 1
+        if log and self.rank == 0:
+            valid = format_metrics(entry["valid"]) if entry.get("valid") else ""
+            print(
+                f"[{entry['phase']} {entry['epoch']}] loss {entry['loss']:.4f} "
+                f"{entry['seq_per_s']:.0f} seq/s  valid {valid}{'  *' if improved else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return self.bad_epochs >= self.cfg.patience
+
+
+def _resumable(cfg: TrainConfig) -> dict[str, Any]:
+    """The config fields a resumed run must share with the checkpoint (not device/display)."""
+    skip = {"stop_after_epochs", "progress", "device"}
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
+
+
+def _optimizer(params: list[torch.Tensor], lr: float, weight_decay: float):
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _eval_valid(
+    model: VQRec, seqs: Sequences, cfg: TrainConfig, device: torch.device, **kw
+) -> dict[str, float]:
+    config = EvalConfig(batch_size=cfg.eval_batch_size, max_len=cfg.max_len)
+    return evaluate(model, seqs, config=config, device=device, **kw)
+
+
+def _subsample(seqs: Sequences, n: int, seed: int) -> Sequences:
+    if n <= 0 or len(seqs) <= n:
+        return seqs
+    rows = np.sort(np.random.default_rng(seed).choice(len(seqs), n, replace=False))
+    lengths = seqs.lengths[rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    gather = np.repeat(seqs.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return Sequences(seqs.items[gather], offsets, seqs.targets[rows], seqs.users[rows])
+
+
+# ---------------------------------------------------------------------- pre-training
+
+
+def pretrain(
+    data: MultiDomain,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Pre-train a VQ-Rec model on the merged domains; early-stop on mean valid NDCG@10."""
+    device = pick_device(cfg.device)
+    init_distributed(device)
+    rank, world = _world()
+    _seed_everything(cfg.seed)
+    model_cfg = dataclasses.replace(model_cfg or ModelConfig(), item_encoder="vq")
+    model_cfg.code_dim = data.codes.shape[1]
+    if data.codes.max() >= model_cfg.code_cap:
+        raise ValueError(f"codes reach {data.codes.max()}, code_cap is {model_cfg.code_cap}")
+    model = VQRec(model_cfg)
+    model.set_catalogue(codes=torch.from_numpy(data.codes))
+    model.to(device)
+    codes = torch.from_numpy(data.codes).to(device)
+    loop = Loop(cfg, model, device, checkpoint, resume)
+    objective: nn.Module = PretrainObjective(model, model_cfg.temperature)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+    if cfg.compile:
+        objective = torch.compile(objective)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, cfg.lr, cfg.weight_decay)
+    if loop.restored is not None and "optimizer" in loop.restored:
+        optimizer.load_state_dict(loop.restored["optimizer"])
+    valid = {d: _subsample(s, cfg.valid_rows, cfg.seed) for d, s in data.valid.items()}
+
+    def step(hist, lengths, targets):
+        neg = corrupt_codes(codes[targets], cfg.rho, model_cfg.code_cap, loop.noise_gen)
+        return objective(hist, lengths, targets, neg)
+
+    def valid_metrics() -> dict[str, float]:
+        per_domain = {
+            d: _eval_valid(
+                model,
+                valid[d],
+                cfg,
+                device,
+                item_offset=data.offsets[d],
+                n_items=data.domains[d].n_items,
+            )
+            for d in data.names
+        }
+        keys = next(iter(per_domain.values()))
+        mean = {k: float(np.mean([m[k] for m in per_domain.values()])) for k in keys}
+        return mean | {f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()}
+
+    start = loop.finished("train", cfg.epochs)
+    stop = bool(loop.position.get("done"))
+    for epoch in range(start + 1, cfg.epochs + 1):
+        if stop:
+            break
+        model.train()
+        entry = loop.run_epoch(data.train, step, optimizer, f"pretrain {epoch}", params)
+        metrics = valid_metrics() if rank == 0 else {}
+        if world > 1:  # rank 0 evaluates; everyone follows its early-stopping decision
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        stop = loop.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
+        loop.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
+        loop.tick()
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    test = {}
+    if rank == 0:
+        for d in data.names:
+            m = _eval_valid(
+                model,
+                data.domains[d].splits["test"],
+                cfg,
+                device,
+                item_offset=data.offsets[d],
+                n_items=data.domains[d].n_items,
+            )
+            test |= {f"{d}/{k}": v for k, v in m.items()}
+    metrics = {
+        "history": loop.history,
+        "best_epoch": loop.best["epoch"],
+        "valid": loop.best["valid"],
+        "test": test,
+    }
+    return TrainResult(model, metrics, {"train": asdict(cfg), "model": model.config.to_dict()})
+
+
+# ---------------------------------------------------------------------- fine-tuning
+
+
+def _random_permutation(code_dim: int, code_cap: int, seed: int) -> torch.LongTensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(code_cap, generator=gen) for _ in range(code_dim)])
+
+
+def build_domain_model(
+    data: DomainData, cfg: TrainConfig, model_cfg: ModelConfig, backbone: VQRec | None
+) -> VQRec:
+    """The model to fine-tune: the pre-trained one on the domain's catalogue, or a fresh one."""
+    if cfg.mode in ("transfer", "full"):
+        if backbone is None:
+            raise ValueError(f"mode {cfg.mode!r} needs a pre-trained backbone")
+        model_cfg = dataclasses.replace(backbone.config)
+    model = VQRec(model_cfg)
+    enc = model_cfg.item_encoder
+    if enc == "vq":
+        if data.codes is None:
+            raise ValueError(f"domain {data.name}: item_encoder 'vq' needs codes")
+        if data.codes.shape[1] != model_cfg.code_dim or data.codes.max() >= model_cfg.code_cap:
+            raise ValueError(
+                f"domain {data.name}: codes of shape {data.codes.shape} (max {data.codes.max()}) "
+                f"do not fit code_dim={model_cfg.code_dim}, code_cap={model_cfg.code_cap}"
+            )
+        model.set_catalogue(codes=torch.from_numpy(data.codes))
+    elif enc == "text":
+        if data.text is None:
+            raise ValueError(f"domain {data.name}: item_encoder 'text' needs embeddings")
+        model.set_catalogue(text=torch.from_numpy(data.text))
+    else:
+        model.set_catalogue(n_items=data.n_items + 1)
+    if backbone is not None and cfg.mode in ("transfer", "full"):
+        # Backbone and the pre-trained code table (the starting point the permutation aligns
+        # the domain's codes to); the catalogue buffer stays the domain's.
+        model.load_backbone_state_dict(backbone.backbone_state_dict())
+        model.load_lookup_table_state_dict(backbone.lookup_table_state_dict())
+    return model
+
+
+def finetune(
+    data: DomainData,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig | None = None,
+    backbone: VQRec | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune (transfer / full) or train from scratch on one domain; test on the best epoch."""
+    if cfg.mode == "pretrain":
+        raise ValueError("finetune() runs transfer/full/scratch; use pretrain() for pretrain")
+    device = pick_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model = build_domain_model(data, cfg, model_cfg or ModelConfig(), backbone).to(device)
+    loop = Loop(cfg, model, device, checkpoint, resume)
+    train, valid = data.splits["train"], data.splits["valid"]
+    objective: nn.Module = FinetuneObjective(model, model.config.temperature)
+    if cfg.compile:
+        objective = torch.compile(objective)
+    pre_trained = cfg.mode in ("transfer", "full") and model.config.item_encoder == "vq"
+
+    # Phase 1: align the domain's codes with the pre-trained table (permutation per block).
+    if pre_trained and cfg.permutation == "learned":
+        _learn_permutation(loop, data, cfg, model, objective, device)
+    elif pre_trained and cfg.permutation == "random" and loop.finished("train", 1) == 0:
+        from vqrec.permutation import apply_permutation
+
+        c = model.config
+        apply_permutation(model, _random_permutation(c.code_dim, c.code_cap, cfg.seed).to(device))
+
+    # Phase 2: fine-tune the lookup table (transfer) or everything (full, scratch).
+    if cfg.mode == "transfer":
+        model.freeze_backbone()
+    else:
+        model.unfreeze_all()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, cfg.lr, cfg.weight_decay)
+    if loop.restored is not None and loop.position["phase"] == "train" and loop.position["epoch"]:
+        optimizer.load_state_dict(loop.restored["optimizer"])
+    start = loop.finished("train", cfg.epochs)
+    stop = bool(loop.position.get("done")) and loop.position["phase"] == "train"
+    for epoch in range(start + 1, cfg.epochs + 1):
+        if stop:
+            break
+        model.train()
+        entry = loop.run_epoch(train, objective, optimizer, f"{cfg.mode} {epoch}", params)
+        metrics = _eval_valid(model, valid, cfg, device)
+        stop = loop.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
+        loop.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
+        loop.tick()
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    model.unfreeze_all()
+    test = _eval_valid(model, data.splits["test"], cfg, device)
+    metrics = {
+        "history": loop.history,
+        "best_epoch": loop.best["epoch"],
+        "valid": loop.best["valid"],
+        "test": test,
+    }
+    return TrainResult(model, metrics, {"train": asdict(cfg), "model": model.config.to_dict()})
+
+
+def _learn_permutation(
+    loop: Loop,
+    data: DomainData,
+    cfg: TrainConfig,
+    model: VQRec,
+    objective: nn.Module,
+    device: torch.device,
+) -> None:
+    """Learn one permutation per code block with everything else frozen, then apply it."""
+    from vqrec.permutation import CodePermutation, apply_permutation, permuted_code_table
+
+    c = model.config
+    perm = CodePermutation(c.code_dim, c.code_cap, sinkhorn_iters=cfg.sinkhorn_iters).to(device)
+    optimizer = _optimizer(list(perm.parameters()), cfg.permutation_lr, 0.0)
+    done = loop.finished("permutation", cfg.permutation_epochs)
+    if loop.restored is not None:
+        if "permutation" in loop.restored:
+            perm.load_state_dict(loop.restored["permutation"])
+        if loop.position["phase"] == "permutation":
+            optimizer.load_state_dict(loop.restored["optimizer"])
+    if done >= cfg.permutation_epochs and loop.position["phase"] != "permutation":
+        return  # resumed after the permutation was applied: the restored model holds it
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def step(hist, lengths, targets):
+        with model.using_code_table(permuted_code_table(model, perm)):
+            return objective(hist, lengths, targets)
+
+    for epoch in range(done + 1, cfg.permutation_epochs + 1):
+        model.train()
+        perm.train()
+        entry = loop.run_epoch(
+            data.splits["train"], step, optimizer, f"permutation {epoch}", list(perm.parameters())
+        )
+        perm.eval()  # no Gumbel noise: validate the permutation as it would be applied
+        with torch.no_grad(), model.using_code_table(permuted_code_table(model, perm)):
+            metrics = _eval_valid(model, data.splits["valid"], cfg, device)
+        loop.history.append({"phase": "permutation", "epoch": epoch, "valid": metrics, **entry})
+        if loop.rank == 0:
+            print(
+                f"[permutation {epoch}] loss {entry['loss']:.4f} valid {format_metrics(metrics)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        state = {"permutation": _cpu_state(perm), "optimizer": optimizer.state_dict()}
+        loop.save("permutation", epoch, state, done=False)
+        loop.tick()
+    with torch.no_grad():
+        apply_permutation(model, perm.hard().to(device))
+    model.unfreeze_all()
+    # The applied permutation is part of the model from now on: checkpoint it so that a
+    # resume in the next phase starts from the permuted table.
+    loop.save("train", 0, {"permutation": _cpu_state(perm), "optimizer": {}}, done=False)
+
+
+# ---------------------------------------------------------------------- outputs
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_backbone(out: Path, result: TrainResult, info: dict[str, Any]) -> None:
+    """backbone/: the full pre-trained model (backbone + pre-trained code table)."""
+    folder = out / "backbone"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, folder / "model.safetensors")
+    _write_json(folder / "config.json", result.config | info)
+    _write_json(folder / "metrics.json", result.metrics)
+
+
+def write_domain(out: Path, domain: str, result: TrainResult, info: dict[str, Any]) -> None:
+    """domains/<d>/: lookup table alone, the full scoring model, config and metrics."""
+    folder = out / "domains" / domain
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    save_lookup_table(result.model, folder / "lookup_table.safetensors")
+    save_model(result.model, folder / "model.safetensors")
+    _write_json(folder / "config.json", result.config | info)
+    _write_json(folder / "metrics.json", result.metrics)
+
+
+def load_domain_model(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[VQRec, dict[str, Any]]:
+    """A fine-tuned domain model (ready to score, eval mode) and its config + metrics."""
+    path = Path(path)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path}: no model.safetensors (not a domain model folder)")
+    model = load_model(path / "model.safetensors", map_location=str(device)).eval()
+    info = json.loads((path / "config.json").read_text())
+    metrics_path = path / "metrics.json"
+    if metrics_path.exists():
+        info["metrics"] = json.loads(metrics_path.read_text())
+    return model, info
+
+
+def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
+    return lake / "checkpoints" / version / part / "last.pt"
+
+
+def _copy_into(out: Path, source: Path, names: list[str]) -> None:
+    for name in names:
+        src = source / name
+        if src.exists() and not (out / name).exists():
+            shutil.copytree(src, out / name)
+
+
+def _code_cap(lake: Path, codes_version: str | None) -> int | None:
+    try:
+        cfg = json.loads(
+            (resolve_version(lake, "codes", codes_version) / "config.json").read_text()
+        )
+        return 2 ** int(cfg["bits"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None:
+    d = TrainConfig()
+    parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
+    parser.add_argument("--version", default=None, help="models version to write")
+    parser.add_argument("--clean-version", default=None)
+    parser.add_argument("--codes-version", default=None)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--no-bucket", action="store_true", help="plain random batches")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (not measured)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (not measured)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last epoch")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--model-config", default="{}", help='JSON ModelConfig overrides, e.g. {"hidden": 64}'
+    )
+
+
+def _train_config(args: argparse.Namespace, mode: str, **extra) -> TrainConfig:
+    return TrainConfig(
+        mode=mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        bucket=not args.no_bucket,
+        amp=args.amp,
+        compile=args.compile,
+        progress=not args.no_progress,
+        **extra,
+    )
+
+
+def main_pretrain(argv: list[str] | None = None) -> int:
+    """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
+    parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
+    _add_train_flags(parser, "pretrain")
+    parser.add_argument("--domains", required=True, help="comma-separated pre-training domains")
+    parser.add_argument("--rho", type=float, default=TrainConfig.rho)
+    parser.add_argument("--valid-rows", type=int, default=0, help="valid rows/domain (0: all)")
+    args = parser.parse_args(argv)
+    lake = lake_root(args.lake)
+    domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
+    version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+    cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
+    model_cfg = ModelConfig(**json.loads(args.model_config))
+    model_cfg.code_cap = _code_cap(lake, args.codes_version) or model_cfg.code_cap
+    loaded = [load_domain(lake, d, args.clean_version, args.codes_version) for d in domains]
+    data = merge_domains(loaded)
+    rank, _ = _world()
+    result = pretrain(
+        data, cfg, model_cfg, _checkpoint_path(lake, version, "backbone"), resume=args.resume
+    )
+    if _world()[0] != 0:
+        return 0
+    info = {
+        "domains": domains,
+        "offsets": data.offsets,
+        "data": {d.name: d.source for d in loaded},
+    }
+    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
+        existing = lake / "models" / version
+        if existing.is_dir():
+            _copy_into(out, existing, ["domains"])
+        write_backbone(out, result, info)
+    shutil.rmtree(_checkpoint_path(lake, version, "backbone").parent, ignore_errors=True)
+    print(
+        json.dumps(
+            {"version": version, "valid": result.metrics["valid"], "test": result.metrics["test"]}
+        )
+    )
+    return 0
+
+
+def main_finetune(argv: list[str] | None = None) -> int:
+    """`vqrec finetune`: transfer the backbone to a domain -> models/<V>/domains/<d>/."""
+    parser = argparse.ArgumentParser(prog="vqrec finetune", description=main_finetune.__doc__)
+    _add_train_flags(parser, "transfer")
+    parser.add_argument("--domain", required=True)
+    parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
+    parser.add_argument("--mode", default="transfer", choices=["transfer", "full", "scratch"])
+    parser.add_argument("--permutation", default="learned", choices=list(PERMUTATIONS))
+    parser.add_argument("--permutation-epochs", type=int, default=TrainConfig.permutation_epochs)
+    parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
+    parser.add_argument("--embeddings-version", default=None)
+    args = parser.parse_args(argv)
+    lake = lake_root(args.lake)
+    domain = validate_name(args.domain, "domain")
+    version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+    cfg = _train_config(
+        args, args.mode, permutation=args.permutation, permutation_epochs=args.permutation_epochs
+    )
+    backbone, backbone_dir = None, None
+    if args.mode != "scratch":
+        backbone_dir = resolve_version(lake, "models", args.backbone_version)
+        backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
+    model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
+    model_cfg.code_cap = _code_cap(lake, args.codes_version) or model_cfg.code_cap
+    data = load_domain(
+        lake,
+        domain,
+        args.clean_version,
+        args.codes_version,
+        args.embeddings_version,
+        need_codes=args.item_encoder == "vq",
+        need_text=args.item_encoder == "text",
+    )
+    part = f"domain-{domain}"
+    result = finetune(
+        data, cfg, model_cfg, backbone, _checkpoint_path(lake, version, part), args.resume
+    )
+    info = {
+        "domain": domain,
+        "data": data.source,
+        "backbone_version": backbone_dir.name if backbone_dir else None,
+    }
+    with staged_version(lake, "models", version, metadata={"part": part}) as out:
+        # A models version holds the backbone and every domain: keep what it already has.
+        existing = lake / "models" / version
+        if existing.is_dir():
+            _copy_into(out, existing, ["backbone", "domains"])
+        if backbone_dir is not None:
+            _copy_into(out, backbone_dir, ["backbone"])
+        write_domain(out, domain, result, info)
+    shutil.rmtree(_checkpoint_path(lake, version, part).parent, ignore_errors=True)
+    print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
+    print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
+    return 0
