@@ -181,44 +181,42 @@ def _domain_data(seed: int) -> tuple[np.ndarray, list[dict]]:
     return x, rows
 
 
-@pytest.fixture(scope="module")
-def tiny_lake(tmp_path_factory: pytest.TempPathFactory, spark) -> tuple[Path, dict]:
-    """Committed clean (sequences) and embeddings versions of three domains, Spark-written."""
-    from pyspark.sql import types as T
+def _write_partitioned(table: pa.Table, folder: Path, n_files: int, seed: int) -> None:
+    """Write ``table`` as ``folder/part-<i>.parquet`` files with shuffled rows, the way a
+    Spark job leaves a partition (readers must not depend on file or row order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    for i, rows in enumerate(np.array_split(order, n_files)):
+        pq.write_table(table.take(pa.array(rows)), folder / f"part-{i:05d}.parquet")
 
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Committed clean (sequences) and embeddings versions of three domains."""
     lake = tmp_path_factory.mktemp("codes") / "lake"
     data = {name: _domain_data(seed) for seed, name in enumerate(["alpha", "beta", "gamma"])}
-    seq_schema = T.StructType(
-        [
-            T.StructField("split", T.StringType()),
-            T.StructField("user_idx", T.IntegerType()),
-            T.StructField("history", T.ArrayType(T.IntegerType())),
-            T.StructField("target", T.IntegerType()),
-            T.StructField("domain", T.StringType()),
-        ]
-    )
-    emb_schema = T.StructType(
-        [
-            T.StructField("item_idx", T.IntegerType()),
-            T.StructField("item_id", T.StringType()),
-            T.StructField("embedding", T.ArrayType(T.FloatType())),
-            T.StructField("domain", T.StringType()),
-        ]
-    )
-    seq_rows = [(*r.values(), name) for name, (_, rows) in data.items() for r in rows]
-    emb_rows = [
-        (i + 1, f"{name}-{i + 1}", [float(v) for v in vec], name)
-        for name, (x, _) in data.items()
-        for i, vec in enumerate(x)
-    ]
     with staged_version(lake, "clean", "c1") as out:
-        spark.createDataFrame(seq_rows, seq_schema).write.partitionBy("domain").parquet(
-            str(out / "sequences")
-        )
-    with staged_version(lake, "embeddings", "e1", metadata={"encoder": "test-clusters"}) as out:
-        # Shuffled rows over several files: the stage must not depend on file order.
-        df = spark.createDataFrame(emb_rows, emb_schema).repartition(3)
-        df.write.partitionBy("domain").parquet(str(out / "items"))
+        for seed, (name, (_, rows)) in enumerate(data.items()):
+            table = pa.table(
+                {
+                    "split": [r["split"] for r in rows],
+                    "user_idx": pa.array([r["user_idx"] for r in rows], pa.int32()),
+                    "history": pa.array([r["history"] for r in rows], pa.list_(pa.int32())),
+                    "target": pa.array([r["target"] for r in rows], pa.int32()),
+                }
+            )
+            _write_partitioned(table, out / "sequences" / f"domain={name}", 2, seed)
+    meta = {"encoder": "test-clusters", "clean_version": "c1"}
+    with staged_version(lake, "embeddings", "e1", metadata=meta) as out:
+        for seed, (name, (x, _)) in enumerate(data.items()):
+            table = pa.table(
+                {
+                    "item_idx": pa.array(np.arange(1, len(x) + 1), pa.int32()),
+                    "item_id": [f"{name}-{i}" for i in range(1, len(x) + 1)],
+                    "embedding": pa.array(list(x), pa.list_(pa.float32())),
+                }
+            )
+            _write_partitioned(table, out / "items" / f"domain={name}", 3, seed)
     return lake, {name: x for name, (x, _) in data.items()}
 
 
@@ -344,7 +342,7 @@ def test_shared_strategy_new_items_and_frozen_reuse(tiny_lake: tuple[Path, dict]
             strategy="shared",
             lake=str(lake),
             version="backfill",
-            pretrain_quantizer_from="shared1",
+            frozen_from="shared1",
             **FAST,
         )
     )
@@ -354,6 +352,27 @@ def test_shared_strategy_new_items_and_frozen_reuse(tiny_lake: tuple[Path, dict]
         out / "quantizers/pretrain.faiss"
     ).read_bytes()
     assert _read_codes(back, "gamma").equals(_read_codes(out, "gamma"))
+
+    # Strategy "domain" with a frozen version that lacks the domain's quantizer: fitted;
+    # then frozen in turn: the next run reuses it byte for byte.
+    own = CodesConfig(
+        pretrain_domains=(),
+        target_domains=("gamma",),
+        lake=str(lake),
+        version="own1",
+        frozen_from="shared1",
+        **FAST,
+    )
+    assert run_codes(own)["fit_seconds"]["gamma"] is not None
+    again = run_codes(CodesConfig(**{**vars(own), "version": "own2", "frozen_from": "own1"}))
+    assert again["fit_seconds"] == {"gamma": None}
+    first, second = (resolve_version(lake, "codes", v) for v in ("own1", "own2"))
+    assert (first / "quantizers/gamma.faiss").read_bytes() == (
+        second / "quantizers/gamma.faiss"
+    ).read_bytes()
+    # A frozen quantizer of another shape is refused, not silently used.
+    with pytest.raises(ValueError, match="frozen quantizer has"):
+        run_codes(CodesConfig(**{**vars(own), "version": "own3", "frozen_from": "own1", "bits": 5}))
 
 
 def test_bad_lake_inputs_are_reported_not_traced(

@@ -22,6 +22,12 @@ Choices, and why:
 * Determinism: one faiss thread by default, the OPQ start rotation drawn from ``seed``
   (faiss would use a fixed one), the k-means seeds of the OPQ-internal PQ and of the final
   PQ set to ``seed``; domains and items are visited in sorted order.
+* Frozen quantizers: ``frozen_from`` (``--frozen-from``) names an earlier codes version
+  whose quantizers are reused as they are; :func:`code_new_items` codes items that appear
+  later with the quantizer of their domain. Neither refits.
+
+    vqrec codes --lake L --version V --pretrain-domains Games,Beauty \\
+        --target-domains Scientific [--strategy domain|shared] [--code-dim 32] [--bits 8]
 """
 
 from __future__ import annotations
@@ -251,6 +257,15 @@ def load_quantizer(path: str | Path) -> faiss.Index:
     return index
 
 
+def is_normalizing(index: faiss.Index) -> bool:
+    """Whether a quantizer L2-normalises its input (fitted with ``normalize=True``)."""
+    chain = faiss.downcast_index(index).chain
+    return any(
+        isinstance(faiss.downcast_VectorTransform(chain.at(i)), faiss.NormalizationTransform)
+        for i in range(chain.size())
+    )
+
+
 def reconstruction_error(index: faiss.Index, x: np.ndarray) -> float:
     """Mean relative squared error ||x - decode(encode(x))||^2 / ||x||^2 (0 for empty x).
 
@@ -260,8 +275,7 @@ def reconstruction_error(index: faiss.Index, x: np.ndarray) -> float:
     if len(x) == 0:
         return 0.0
     recon = index.sa_decode(index.sa_encode(x))
-    chain = faiss.downcast_index(index).chain
-    if isinstance(faiss.downcast_VectorTransform(chain.at(0)), faiss.NormalizationTransform):
+    if is_normalizing(index):
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     num = ((x - recon) ** 2).sum(axis=1)
     den = np.maximum((x**2).sum(axis=1), 1e-12)
@@ -427,9 +441,10 @@ class CodesConfig:
     normalize: bool = False  # L2-normalise before OPQ (official: raw PLM vectors)
     strict: bool = True  # fit on training items only (False: on every item)
     threads: int = 1
-    # Reuse the frozen pre-training quantizer of an earlier codes version instead of fitting
-    # one (new-domain backfill: the champion's quantizer, no refit).
-    pretrain_quantizer_from: str | None = None
+    # An earlier codes version whose quantizers are frozen: every quantizer this run needs
+    # ("pretrain", or a target domain's own) that it holds is reused as is, no refit; only
+    # the missing ones are fitted (new-domain backfill on the champion's quantizer).
+    frozen_from: str | None = None
 
     def __post_init__(self) -> None:
         pre = tuple(sorted(set(self.pretrain_domains)))
@@ -445,10 +460,10 @@ class CodesConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.strategy == "domain" and PRETRAIN in tgt:
             raise ValueError(f"a target domain may not be named {PRETRAIN!r} (quantizer name)")
-        if self.strategy == "shared" and tgt and not pre and not self.pretrain_quantizer_from:
+        if self.strategy == "shared" and tgt and not pre and not self.frozen_from:
             raise ValueError(
                 "strategy 'shared' needs a pre-training quantizer: give pretrain_domains "
-                "or pretrain_quantizer_from"
+                "or frozen_from (a codes version holding one)"
             )
         object.__setattr__(self, "pretrain_domains", pre)
         object.__setattr__(self, "target_domains", tgt)
@@ -550,24 +565,34 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
 
     quantizers: dict[str, faiss.Index] = {}
     quantizer_info: dict[str, dict] = {}
-    if cfg.pretrain_quantizer_from:
-        src = resolve_version(cfg.lake, "codes", cfg.pretrain_quantizer_from)
-        index = load_quantizer(src / "quantizers" / f"{PRETRAIN}.faiss")
-        _, code_dim, bits = quantizer_shape(index)
-        if (code_dim, bits) != (cfg.code_dim, cfg.bits):
-            raise ValueError(
-                f"{src}: frozen quantizer has code_dim={code_dim}, bits={bits}; "
-                f"config asks for code_dim={cfg.code_dim}, bits={cfg.bits}"
-            )
-        quantizers[PRETRAIN] = index
-        quantizer_info[PRETRAIN] = {"frozen_from": str(src.name), "domains": []}
-    elif pretrain:
-        quantizers[PRETRAIN], quantizer_info[PRETRAIN] = _fit(cfg, PRETRAIN, pretrain)
+    frozen_dir = resolve_version(cfg.lake, "codes", cfg.frozen_from) if cfg.frozen_from else None
 
+    def get_quantizer(name: str, domains: list[_Domain]) -> None:
+        """The frozen quantizer ``name`` of ``frozen_from`` if it has one, else fit it."""
+        path = frozen_dir / "quantizers" / f"{name}.faiss" if frozen_dir else None
+        if path is not None and path.is_file():
+            index = load_quantizer(path)
+            wanted = (next(iter(dims.values())), cfg.code_dim, cfg.bits, cfg.normalize)
+            found = (*quantizer_shape(index), is_normalizing(index))
+            if found != wanted:
+                raise ValueError(
+                    f"{path}: frozen quantizer has (d, code_dim, bits, normalize)={found}, "
+                    f"this run needs {wanted}"
+                )
+            log.info("reusing frozen quantizer %s from codes version %s", name, frozen_dir.name)
+            quantizers[name] = index
+            quantizer_info[name] = {"frozen_from": frozen_dir.name, "domains": [], "n_train": 0}
+        elif domains:
+            quantizers[name], quantizer_info[name] = _fit(cfg, name, domains)
+        else:
+            raise LakeError(f"codes version {frozen_dir} has no quantizer {name!r} to reuse")
+
+    if pretrain or (targets and cfg.strategy == "shared"):
+        get_quantizer(PRETRAIN, pretrain)
     assignment = {d.name: PRETRAIN for d in pretrain}
     for dom in targets:
         if cfg.strategy == "domain":
-            quantizers[dom.name], quantizer_info[dom.name] = _fit(cfg, dom.name, [dom])
+            get_quantizer(dom.name, [dom])
             assignment[dom.name] = dom.name
         else:
             assignment[dom.name] = PRETRAIN
@@ -585,7 +610,8 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
             save_quantizer(quantizers[name], out / "quantizers" / f"{name}.faiss")
             # Timings go to _SUCCESS, not here: same inputs, same stats.json.
             info = {k: v for k, v in quantizer_info[name].items() if k != "fit_seconds"}
-            info["factory"] = factory_string(cfg.code_dim, cfg.bits, cfg.normalize)
+            _, code_dim, bits = quantizer_shape(quantizers[name])
+            info["factory"] = factory_string(code_dim, bits, is_normalizing(quantizers[name]))
             stats["quantizers"][name] = info
         for dom in sorted(pretrain + targets, key=lambda d: d.name):
             name = assignment[dom.name]
@@ -690,9 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-strict", action="store_true", help="fit on all items, not train only")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
-        "--pretrain-quantizer-from",
+        "--frozen-from",
         default=None,
-        help="codes version whose frozen pretrain quantizer to reuse (no refit)",
+        help="codes version whose quantizers to reuse frozen (no refit) where it has them",
     )
     return p
 
@@ -717,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             normalize=args.normalize,
             strict=not args.no_strict,
             threads=args.threads,
-            pretrain_quantizer_from=args.pretrain_quantizer_from,
+            frozen_from=args.frozen_from,
         )
         result = run_codes(cfg)
     except (ValueError, LakeError, FileNotFoundError) as err:
