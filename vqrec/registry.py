@@ -19,8 +19,9 @@ only if its test NDCG@10 is not worse than the champion's (minus a tolerance), a
 the decision with both figures on the version (tags) and on its run. Downstream code loads
 ``models:/vqrec-<domain>@champion``.
 
-Artifacts are safetensors / Parquet / faiss / JSON; the only pickle is the PythonModel
-instance itself (a stateless class importable from this package, shipped by ``code_paths``).
+Artifacts are safetensors / Parquet / faiss / JSON, and the model class is logged "from
+code" (``vqrec/pyfunc_entry.py``, with this package shipped by ``code_paths``): nothing of
+ours is pickled.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
         self.model = load_model(artifacts["model"]).eval()
         with torch.no_grad():
             self.item_emb = self.model.all_item_embeddings()  # (N+1, H), row 0 padding
+        if not self.bundle.get("catalogue", True):
+            # The backbone: its pre-training catalogue is not served, only new items are.
+            self.item_emb = self.item_emb[:1]
         self.item_ids = np.array([""], dtype=object)
         self.popularity = np.zeros(1)
         self.index_of: dict[str, int] = {}
@@ -251,9 +255,11 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
                     allowed[histories[r]] = False
                 row_scores = scores[i].masked_fill(~allowed, -torch.inf)
                 k = min(ks[r], int(allowed.sum()))
-                top = torch.topk(row_scores, k)
-                out_ids[r] = [str(names[j]) for j in top.indices.tolist()]
-                out_scores[r] = [float(s) for s in top.values.tolist()]
+                # Stable sort: items with colliding codes tie; the smaller item_idx wins, as
+                # in vqrec.evaluate's ranking, so answers are deterministic.
+                values, order = torch.sort(row_scores, descending=True, stable=True)
+                out_ids[r] = [str(names[j]) for j in order[:k].tolist()]
+                out_scores[r] = [float(v) for v in values[:k].tolist()]
         for r in range(n_rows):
             if not histories[r]:
                 strategy[r] = "popularity"
@@ -386,7 +392,10 @@ def _data_versions(model_dir: Path) -> dict[str, str]:
     for source in (model_dir / "config.json", model_dir / "metrics.json"):
         if source.exists():
             doc = json.loads(source.read_text())
-            for holder in (doc, doc.get("source") or {}, doc.get("data") or {}):
+            data = doc.get("data") or {}
+            # The backbone records one source per pre-training domain: take the first.
+            nested = [v for v in data.values() if isinstance(v, dict)][:1]
+            for holder in (doc, doc.get("source") or {}, data, *nested):
                 if not isinstance(holder, dict):
                     continue
                 for stage in ("clean", "codes", "embeddings"):
@@ -709,7 +718,8 @@ def register_bundle(
                 log.warning("no quality report logged: %s", exc)
         model_info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=VQRecRecommender(),
+            # Models from code: MLflow runs pyfunc_entry.py at load time, nothing is pickled.
+            python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),
             artifacts=bundle.artifacts,
             code_paths=[str(PACKAGE_DIR)],
             signature=signature(),

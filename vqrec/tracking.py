@@ -285,41 +285,52 @@ def stage_run(
 
 
 def epoch_records(metrics: Mapping[str, Any]) -> list[dict[str, float]]:
-    """The per-epoch records of a trainer's metrics.json, each with an ``epoch`` number.
+    """The per-epoch records of a trainer's metrics.json, flat, each with an ``epoch`` number.
 
-    Accepts the list under ``epochs`` or ``history`` (or per-phase lists under
-    ``phases: {name: [...]}``, whose keys are prefixed with the phase name).
+    The trainer writes ``history: [{phase, epoch, loss, seconds, seq_per_s, valid: {ndcg@10:
+    ..}}]``; nested dicts are flattened with ``_`` (``valid_ndcg@10``) and records of a phase
+    other than ``train`` get the phase as prefix (``permutation_loss``), so that phases whose
+    epochs restart at 1 never write the same metric at the same step.
     """
-    records: list[dict[str, Any]] = []
-    for key in ("epochs", "history"):
-        if isinstance(metrics.get(key), list):
-            records.extend(metrics[key])
-    phases = metrics.get("phases")
-    if isinstance(phases, Mapping):
-        for phase, rows in phases.items():
-            if isinstance(rows, list):
-                for row in rows:
-                    records.append(
-                        {(k if k == "epoch" else f"{phase}_{k}"): v for k, v in row.items()}
-                    )
+    rows = metrics.get("history") or metrics.get("epochs") or []
     out = []
-    for i, row in enumerate(records):
-        clean = {k: float(v) for k, v in row.items() if _is_number(v)}
-        clean.setdefault("epoch", float(i + 1))
-        out.append(clean)
+    for i, row in enumerate(rows if isinstance(rows, list) else []):
+        if not isinstance(row, Mapping):
+            continue
+        phase = str(row.get("phase") or "train")
+        prefix = "" if phase == "train" else f"{phase}_"
+        flat: dict[str, float] = {"epoch": float(row.get("epoch", i + 1))}
+        for key, value in row.items():
+            if key in ("epoch", "phase"):
+                continue
+            if isinstance(value, Mapping):
+                for sub, v in value.items():
+                    if _is_number(v):
+                        flat[f"{prefix}{key}_{sub}"] = float(v)
+            elif _is_number(value):
+                flat[f"{prefix}{key}"] = float(value)
+        out.append(flat)
     return out
 
 
 def test_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The test figures of a metrics.json: ``test: {ndcg@10: ..}`` or flat ``test_*`` keys.
+    """The test figures of a metrics.json, keys prefixed ``test_`` (``test_ndcg@10``).
 
-    Returned keys are prefixed ``test_`` (``test_ndcg@10``), unsanitised.
+    Pre-training reports per domain (``test: {"Games/ndcg@10": ..}``); then the plain key
+    (``test_ndcg@10``) is the unweighted mean over domains, so every registered model has
+    the figure the promotion gate compares.
     """
     out: dict[str, float] = {}
     nested = metrics.get("test")
     if isinstance(nested, Mapping):
         out.update({f"test_{k}": float(v) for k, v in nested.items() if _is_number(v)})
     out.update({k: float(v) for k, v in metrics.items() if k.startswith("test_") and _is_number(v)})
+    per_metric: dict[str, list[float]] = {}
+    for key, value in out.items():
+        if "/" in key:
+            per_metric.setdefault("test_" + key.rsplit("/", 1)[1], []).append(value)
+    for key, values in per_metric.items():
+        out.setdefault(key, sum(values) / len(values))
     return out
 
 
@@ -469,7 +480,10 @@ def plot_training_curves(
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
     keys = sorted({k for r in records for k in r if k != "epoch"})
     loss_keys = [k for k in keys if "loss" in k]
-    valid_keys = [k for k in keys if "valid" in k or "ndcg" in k.lower() or "recall" in k.lower()]
+    # The early-stopping figures, not every cut-off: a readable plot.
+    valid_keys = [k for k in keys if "valid" in k and k.endswith("@10")] or [
+        k for k in keys if "valid" in k
+    ]
     for key in loss_keys:
         ax_loss.plot(*_series(epochs, records, key), marker="o", label=key)
     for key in valid_keys:
