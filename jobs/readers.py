@@ -1,0 +1,437 @@
+"""Raw-layout readers for the clean stage: find a domain's files, parse them line by line.
+
+A domain is a folder whose name is the domain id. Its files are looked for in ``<folder>/raw/``
+when that sub-folder exists (the layout of ``../shared/data``), else in ``<folder>/`` itself;
+sub-folders other than ``raw/`` are never read. Inside that folder:
+
+* Amazon 2018 layout (``amazon``): interactions = every ``*.csv`` (``item,user,rating,timestamp``,
+  no header); items = every ``meta_*.json``, ``meta_*.json.gz``, ``meta_*.jsonl(.gz)`` (one
+  JSON object per line: ``asin``, ``title``, ``category`` or ``categories``, ``brand``).
+* generic layout (``generic``): interactions = ``interactions.parquet|.csv|.jsonl|.json``
+  (``.gz`` allowed for the text formats; a folder ``interactions.parquet/`` of parts too)
+  with ``user_id, item_id, timestamp`` (+ optional ``rating``); items = ``items.<same
+  formats>`` with ``item_id, title, categories, brand`` (``description`` and other columns
+  are ignored). CSV files have a header line. A column map (``user_id=reviewerID``) renames
+  source columns to these names.
+* ``auto``: ``amazon`` when a ``meta_*`` file is present, else ``generic`` when an
+  ``interactions.*`` file is present, else a clear error naming the folder.
+
+Every data row keeps ``source`` (file name) and ``line`` (1-based line in the file; 0 for
+Parquet, which has no lines), and gets a ``reason`` when it is rejected: nothing is
+dropped silently. Text formats are read with ``spark.read.text`` so that each line is seen
+raw (bad UTF-8 is detected on the bytes) and parsed in Spark SQL, not in Python.
+Timestamps are unix seconds: digits only, or (generic layout) an ISO-8601 string or a
+Parquet timestamp column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+RAW_CHARS = 1000  # quarantine keeps the first 1000 characters of a rejected row
+TEXT_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+GENERIC_SUFFIXES = (".parquet",) + TEXT_SUFFIXES
+EVENT_FIELDS = ("user_id", "item_id", "timestamp", "rating")
+ITEM_FIELDS = ("item_id", "title", "categories", "brand")
+
+
+class RawInputError(ValueError):
+    """A raw domain folder is unusable as a whole (no files, unknown layout, bad header)."""
+
+
+@dataclass(frozen=True)
+class DomainFiles:
+    """The raw files of one domain, as discovered."""
+
+    domain: str
+    folder: Path
+    layout: str  # "amazon" | "generic"
+    events: tuple[Path, ...]
+    items: tuple[Path, ...]
+    column_map: dict[str, str] = field(default_factory=dict)
+
+
+def _files_folder(folder: Path) -> Path:
+    return folder / "raw" if (folder / "raw").is_dir() else folder
+
+
+def _generic_files(base: Path, stem: str) -> list[Path]:
+    return sorted(
+        p
+        for p in base.iterdir()
+        if any(p.name == stem + suffix for suffix in GENERIC_SUFFIXES)
+        and (p.is_file() or p.name.endswith(".parquet"))
+    )
+
+
+def discover(
+    folder: Path, domain: str, layout: str = "auto", column_map: dict[str, str] | None = None
+) -> DomainFiles:
+    """Find a domain's interaction and item files (rules in the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RawInputError(f"raw domain folder {folder} does not exist")
+    base = _files_folder(folder)
+    metas = sorted(
+        p
+        for p in base.iterdir()
+        if p.is_file()
+        and p.name.startswith("meta_")
+        and p.name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz"))
+    )
+    if layout == "auto":
+        if metas:
+            layout = "amazon"
+        elif _generic_files(base, "interactions"):
+            layout = "generic"
+        else:
+            raise RawInputError(
+                f"{base}: no meta_*.json(.gz) (Amazon layout) and no interactions.* "
+                "(generic layout) file; see jobs/readers.py for the discovery rules"
+            )
+    if layout == "amazon":
+        events = sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(".csv"))
+        items = metas
+        if not events:
+            raise RawInputError(f"{base}: Amazon layout but no ratings *.csv file")
+        if not items:
+            raise RawInputError(f"{base}: Amazon layout but no meta_*.json(.gz) file")
+    elif layout == "generic":
+        events = _generic_files(base, "interactions")
+        items = _generic_files(base, "items")
+        if not events:
+            raise RawInputError(f"{base}: generic layout but no interactions.* file")
+        if not items:
+            raise RawInputError(f"{base}: generic layout but no items.* file")
+        for files, what in ((events, "interactions"), (items, "items")):
+            if len(files) > 1:
+                names = ", ".join(p.name for p in files)
+                raise RawInputError(f"{base}: several {what} files ({names}); keep one")
+    else:
+        raise RawInputError(f"unknown layout {layout!r} (auto, amazon or generic)")
+    return DomainFiles(domain, folder, layout, tuple(events), tuple(items), dict(column_map or {}))
+
+
+# ---------------------------------------------------------------------------------------
+# Line-numbered text reading
+
+
+def read_lines(spark: SparkSession, paths: list[Path]) -> DataFrame:
+    """Lines of text files (gzip allowed) as ``source, line, value, utf8_ok``.
+
+    Spark's text source has no line numbers: within a task, rows of one file block come in
+    file order, so ``monotonically_increasing_id`` minus the block's first id is the row
+    in the block, and the block's offset is the line count of the earlier blocks of the
+    same file. The scan is persisted so the ids are computed once.
+    """
+    scan = (
+        spark.read.text([str(p) for p in paths])
+        .select(
+            F.col("_metadata.file_name").alias("source"),
+            F.col("_metadata.file_block_start").alias("block"),
+            F.monotonically_increasing_id().alias("mid"),
+            F.col("value"),
+        )
+        .persist()
+    )
+    blocks = scan.groupBy("source", "block").agg(
+        F.min("mid").alias("first_mid"), F.count(F.lit(1)).alias("n")
+    )
+    by_file = Window.partitionBy("source").orderBy("block")
+    blocks = blocks.withColumn("offset", F.sum("n").over(by_file) - F.col("n"))
+    return scan.join(F.broadcast(blocks), ["source", "block"]).select(
+        "source",
+        (F.col("offset") + F.col("mid") - F.col("first_mid") + 1).alias("line"),
+        F.expr("make_valid_utf8(value)").alias("value"),
+        F.expr("is_valid_utf8(value)").alias("utf8_ok"),
+    )
+
+
+def _raw(col: Column) -> Column:
+    return F.substring(col, 1, RAW_CHARS)
+
+
+def _first_reason(*cases: tuple[Column, str]) -> Column:
+    """CASE WHEN c1 THEN r1 WHEN c2 THEN r2 ... END: the first failing check names the row."""
+    expr = None
+    for cond, reason in cases:
+        expr = F.when(cond, reason) if expr is None else expr.when(cond, reason)
+    return expr
+
+
+def _blank(col: Column) -> Column:
+    return col.isNull() | (F.trim(col) == "")
+
+
+# ---------------------------------------------------------------------------------------
+# Interactions
+
+
+@dataclass(frozen=True)
+class EventChecks:
+    """Validity bounds for one interaction row."""
+
+    min_ts: int
+    max_ts: int
+    min_rating: float = 0.0
+    max_rating: float = 5.0
+
+
+def _check_events(df: DataFrame, checks: EventChecks, base_reason: Column) -> DataFrame:
+    """Add ``reason`` (null = valid) and typed ``ts`` to rows with string fields."""
+    ts_text = F.trim(F.col("timestamp"))
+    digits = ts_text.rlike(r"^[0-9]{1,18}$")
+    iso = F.expr("try_to_timestamp(trim(timestamp))")
+    ts = F.when(digits, F.expr("try_cast(trim(timestamp) AS BIGINT)")).otherwise(
+        F.unix_timestamp(iso)
+    )
+    rating = F.expr("try_cast(trim(rating) AS DOUBLE)")
+    has_rating = F.col("rating").isNotNull()
+    bad_rating = has_rating & (
+        rating.isNull()
+        | F.isnan(rating)
+        | (rating < checks.min_rating)
+        | (rating > checks.max_rating)
+    )
+    reason = F.coalesce(
+        base_reason,
+        _first_reason(
+            (_blank(F.col("user_id")) | _blank(F.col("item_id")), "missing_field"),
+            (bad_rating, "bad_rating"),
+            (_blank(F.col("timestamp")), "missing_field"),
+            (ts.isNull(), "bad_timestamp"),
+            ((ts < checks.min_ts) | (ts > checks.max_ts), "bad_timestamp"),
+        ),
+    )
+    return df.select(
+        "source",
+        "line",
+        "raw",
+        reason.alias("reason"),
+        F.trim("user_id").alias("user_id"),
+        F.trim("item_id").alias("item_id"),
+        ts.cast("long").alias("ts"),
+    )
+
+
+def amazon_events(spark: SparkSession, files: DomainFiles, checks: EventChecks) -> DataFrame:
+    """Ratings CSV lines -> ``source, line, raw, reason, user_id, item_id, ts``."""
+    lines = read_lines(spark, list(files.events))
+    parts = F.split(F.col("value"), ",", -1)
+    base = _first_reason(
+        (~F.col("utf8_ok"), "bad_encoding"),
+        (F.trim(F.col("value")) == "", "empty_line"),
+        (F.size(parts) != 4, "unparseable_line"),
+    )
+    df = lines.select(
+        "source",
+        "line",
+        _raw(F.col("value")).alias("raw"),
+        base.alias("base_reason"),
+        F.get(parts, 0).alias("item_id"),
+        F.get(parts, 1).alias("user_id"),
+        F.get(parts, 2).alias("rating"),
+        F.get(parts, 3).alias("timestamp"),
+    )
+    return _check_events(df, checks, F.col("base_reason"))
+
+
+def _string_schema(fields: list[str]) -> str:
+    return ", ".join(f"`{f}` STRING" for f in fields) + ", `_corrupt_record` STRING"
+
+
+def _text_table(
+    spark: SparkSession, path: Path, source_fields: list[str], required: list[str]
+) -> DataFrame:
+    """A generic CSV/JSONL file as rows of string fields + ``base_reason`` for broken lines."""
+    lines = read_lines(spark, [path])
+    name = path.name.removesuffix(".gz")
+    available = set(source_fields)
+    if name.endswith(".csv"):
+        header = _csv_header(spark, path)
+        available = set(header)
+        missing = [f for f in required if f not in available]
+        if missing:
+            raise RawInputError(
+                f"{path}: header {header} lacks column(s) {missing}; "
+                "pass --column-map canonical=source to rename"
+            )
+        schema = _string_schema(header)
+        parsed = F.from_csv(
+            F.col("value"),
+            schema,
+            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"},
+        )
+        lines = lines.where(F.col("line") > 1)  # the header is not a data row
+        n_fields = F.size(F.split(F.col("value"), ","))
+        broken = F.col("p._corrupt_record").isNotNull() | (n_fields < len(header))
+    else:
+        parsed = F.from_json(
+            F.col("value"),
+            _string_schema(source_fields),
+            {"columnNameOfCorruptRecord": "_corrupt_record"},
+        )
+        broken = F.col("p._corrupt_record").isNotNull() | ~F.ltrim(F.col("value")).startswith("{")
+    reason = _first_reason(
+        (~F.col("utf8_ok"), "bad_encoding"),
+        (F.trim(F.col("value")) == "", "empty_line"),
+        (broken, "unparseable_line"),
+    )
+    df = lines.select("source", "line", "value", "utf8_ok", parsed.alias("p"))
+    df = df.select(
+        "source",
+        "line",
+        _raw(F.col("value")).alias("raw"),
+        reason.alias("base_reason"),
+        *[
+            (F.col(f"p.`{f}`") if f in available else F.lit(None).cast("string")).alias(f)
+            for f in source_fields
+        ],
+    )
+    return df
+
+
+def _csv_header(spark: SparkSession, path: Path) -> list[str]:
+    first = spark.read.text(str(path)).limit(1).collect()
+    if not first:
+        raise RawInputError(f"{path}: empty CSV file, expected a header line")
+    return [c.strip() for c in first[0].value.split(",")]
+
+
+def _parquet_table(spark: SparkSession, path: Path, source_fields: list[str]) -> DataFrame:
+    """A Parquet file as string fields; line 0 (not line-based), raw = the row as JSON."""
+    df = spark.read.parquet(str(path))
+    present = {f.name: f.dataType for f in df.schema.fields}
+    cols = []
+    for f in source_fields:
+        dtype = present.get(f)
+        if dtype is None:
+            cols.append(F.lit(None).cast("string").alias(f))
+        elif isinstance(dtype, T.TimestampType | T.TimestampNTZType | T.DateType):
+            cols.append(F.unix_timestamp(F.col(f"`{f}`").cast("timestamp")).cast("string").alias(f))
+        elif isinstance(dtype, T.ArrayType | T.MapType | T.StructType):
+            cols.append(F.to_json(F.col(f"`{f}`")).alias(f))
+        else:
+            cols.append(F.col(f"`{f}`").cast("string").alias(f))
+    return df.select(
+        F.lit(path.name).alias("source"),
+        F.lit(0).cast("long").alias("line"),
+        _raw(F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]))).alias("raw"),
+        F.lit(None).cast("string").alias("base_reason"),
+        *cols,
+    )
+
+
+def _generic_table(
+    spark: SparkSession,
+    path: Path,
+    canonical: tuple[str, ...],
+    required: tuple[str, ...],
+    column_map: dict[str, str],
+) -> DataFrame:
+    source_fields = [column_map.get(c, c) for c in canonical]
+    required_fields = [column_map.get(c, c) for c in required]
+    if path.name.endswith(".parquet"):
+        columns = spark.read.parquet(str(path)).columns
+        missing = [f for f in required_fields if f not in columns]
+        if missing:
+            raise RawInputError(
+                f"{path}: no column(s) {missing} (has {columns}); "
+                "pass --column-map canonical=source to rename"
+            )
+        df = _parquet_table(spark, path, source_fields)
+    else:
+        df = _text_table(spark, path, source_fields, required_fields)
+    return df.select(
+        "source",
+        "line",
+        "raw",
+        "base_reason",
+        *[F.col(f"`{s}`").alias(c) for s, c in zip(source_fields, canonical, strict=True)],
+    )
+
+
+def generic_events(spark: SparkSession, files: DomainFiles, checks: EventChecks) -> DataFrame:
+    """Generic interactions -> ``source, line, raw, reason, user_id, item_id, ts``."""
+    df = _generic_table(
+        spark, files.events[0], EVENT_FIELDS, ("user_id", "item_id", "timestamp"), files.column_map
+    )
+    return _check_events(df, checks, F.col("base_reason"))
+
+
+# ---------------------------------------------------------------------------------------
+# Items
+
+
+def _item_rows(df: DataFrame) -> DataFrame:
+    reason = F.coalesce(
+        F.col("base_reason"), F.when(_blank(F.col("item_id")), F.lit("missing_field"))
+    )
+    return df.select(
+        "source",
+        "line",
+        "raw",
+        reason.alias("reason"),
+        F.trim("item_id").alias("item_id"),
+        "title",
+        "categories",
+        "brand",
+    )
+
+
+def amazon_items(spark: SparkSession, files: DomainFiles) -> DataFrame:
+    """meta_*.json lines -> ``source, line, raw, reason, item_id, title, categories, brand``."""
+    lines = read_lines(spark, list(files.items))
+    schema = _string_schema(["asin", "title", "category", "categories", "brand"])
+    parsed = F.from_json(F.col("value"), schema, {"columnNameOfCorruptRecord": "_corrupt_record"})
+    df = lines.select("source", "line", "value", "utf8_ok", parsed.alias("p"))
+    base = _first_reason(
+        (~F.col("utf8_ok"), "bad_encoding"),
+        (F.trim(F.col("value")) == "", "empty_line"),
+        (
+            F.col("p._corrupt_record").isNotNull() | ~F.ltrim(F.col("value")).startswith("{"),
+            "bad_json",
+        ),
+    )
+    df = df.select(
+        "source",
+        "line",
+        _raw(F.col("value")).alias("raw"),
+        base.alias("base_reason"),
+        F.col("p.asin").alias("item_id"),
+        F.col("p.title").alias("title"),
+        F.coalesce(F.col("p.category"), F.col("p.categories")).alias("categories"),
+        F.col("p.brand").alias("brand"),
+    )
+    return _item_rows(df)
+
+
+def generic_items(spark: SparkSession, files: DomainFiles) -> DataFrame:
+    """Generic items -> ``source, line, raw, reason, item_id, title, categories, brand``."""
+    df = _generic_table(spark, files.items[0], ITEM_FIELDS, ("item_id",), files.column_map)
+    df = df.withColumn(
+        "base_reason",
+        F.when(F.col("base_reason") == "unparseable_line", "bad_json").otherwise(
+            F.col("base_reason")
+        )
+        if files.items[0].name.removesuffix(".gz").endswith((".json", ".jsonl"))
+        else F.col("base_reason"),
+    )
+    return _item_rows(df)
+
+
+def read_events(spark: SparkSession, files: DomainFiles, checks: EventChecks) -> DataFrame:
+    """Interaction rows of one domain, every raw row kept, rejected ones with a reason."""
+    reader = amazon_events if files.layout == "amazon" else generic_events
+    return reader(spark, files, checks).withColumn("domain", F.lit(files.domain))
+
+
+def read_items(spark: SparkSession, files: DomainFiles) -> DataFrame:
+    """Item metadata rows of one domain, every raw row kept, rejected ones with a reason."""
+    reader = amazon_items if files.layout == "amazon" else generic_items
+    return reader(spark, files).withColumn("domain", F.lit(files.domain))
