@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -153,15 +154,17 @@ def fit_quantizer(
     """
     x = _check_embeddings(x)
     n, d = x.shape
-    if not isinstance(code_dim, int) or code_dim < 1:
+    if not isinstance(code_dim, numbers.Integral) or code_dim < 1:
         raise ValueError(f"code_dim must be a positive integer, got {code_dim!r}")
+    code_dim = int(code_dim)
     if d % code_dim != 0:
         raise ValueError(
             f"code_dim={code_dim} does not divide the embedding dimension d={d}: OPQ splits "
             f"the rotated vector into {code_dim} equal sub-vectors (try a divisor of {d})"
         )
-    if not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+    if not isinstance(bits, numbers.Integral) or not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be an integer in 1..{MAX_BITS} (int16 codes), got {bits!r}")
+    bits = int(bits)
     n_centroids = 2**bits
     if n < n_centroids:
         raise ValueError(
