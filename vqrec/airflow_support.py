@@ -1,0 +1,67 @@
+"""Defaults and small helpers shared by the DAG files (dags/ stays thin wiring).
+
+Kept apart from vqrec.pipeline so the library and CLI never import Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS_DIR = REPO / "jobs"
+
+# GPU stages go to this pool (capacity = GPUs per worker) and this queue (a Celery worker
+# started with `airflow celery worker --queues gpu` on a GPU machine). The local executor
+# ignores queues, so the same DAG runs on CPU by default.
+GPU_POOL = os.environ.get("VQREC_GPU_POOL", "gpu")
+GPU_QUEUE = os.environ.get("VQREC_GPU_QUEUE", "gpu")
+
+# The asset alias under which the clean stage announces each cleaned domain.
+CLEAN_ALIAS = "vqrec-clean"
+# The asset a raw-data producer updates when a new domain lands (see docs/ORCHESTRATION.md).
+RAW_LANDING_URI = os.environ.get("VQREC_RAW_LANDING_ASSET", "vqrec://raw/landed")
+
+
+def _default_hyper() -> dict[str, Any]:
+    raw = os.environ.get("VQREC_HYPER")
+    return json.loads(raw) if raw else {}
+
+
+def _list_env(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    return [x for x in raw.split(",") if x] if raw is not None else default
+
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "raw_root": os.environ.get("VQREC_RAW_ROOT", str(REPO / "var" / "demo" / "raw")),
+    "lake": os.environ.get("VQREC_LAKE", str(REPO / "var" / "lake")),
+    "domains": _list_env("VQREC_DOMAINS", []),
+    "pretrain_domains": _list_env("VQREC_PRETRAIN_DOMAINS", []),
+    "target_domains": _list_env("VQREC_TARGET_DOMAINS", []),
+    "code_strategy": os.environ.get("VQREC_CODE_STRATEGY", "shared"),
+    "hyper": _default_hyper(),
+}
+
+
+def plan_xcom(key: str, join: bool = False, task_id: str = "plan") -> str:
+    """A Jinja template reading one field of the run plan (for templated operator args)."""
+    expr = f"ti.xcom_pull(task_ids='{task_id}')['{key}']"
+    return "{{ " + expr + (" | join(',')" if join else "") + " }}"
+
+
+def spark_env() -> dict[str, str]:
+    """Environment for spark-submit: this venv's Python on the driver and the workers."""
+    python = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    return {
+        "PYSPARK_PYTHON": python,
+        "PYSPARK_DRIVER_PYTHON": python,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
+    }
