@@ -91,3 +91,22 @@ def test_env_lake_root(tmp_path, monkeypatch):
     assert lake_root() == tmp_path / "elsewhere"
     assert lake_root(tmp_path) == tmp_path
     assert os.fspath(lake_root(str(tmp_path))) == str(tmp_path)
+
+
+def test_parts_commit_independently(lake):
+    from vqrec.lake import resolve_part, staged_part
+
+    with staged_version(lake, "models", "v1") as out:
+        (out / "backbone").mkdir()
+    with staged_part(lake, "models", "v1", "domains/A") as out:
+        (out / "w.txt").write_text("a")
+    with pytest.raises(RuntimeError):
+        with staged_part(lake, "models", "v1", "domains/B") as out:
+            (out / "w.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (resolve_part(lake, "models", "v1", "domains/A") / "w.txt").read_text() == "a"
+    with pytest.raises(LakeError, match="not a committed part"):
+        resolve_part(lake, "models", "v1", "domains/B")
+    with pytest.raises(ValueError, match="invalid part"):
+        with staged_part(lake, "models", "v1", "domains/../x"):
+            pass

@@ -104,6 +104,58 @@ def staged_version(
         raise
 
 
+@contextlib.contextmanager
+def staged_part(
+    lake: str | os.PathLike[str] | None,
+    stage: str,
+    version: str,
+    part: str,
+    metadata: dict[str, Any] | None = None,
+) -> Iterator[Path]:
+    """Yield a temp folder for one part of a committed version; commit it on success.
+
+    A part is a sub-folder such as ``domains/Games``: the per-domain fine-tunes of one
+    models version run in parallel, and each commits only its own part (its own
+    ``_SUCCESS`` written last, then one rename), so none can lose another's output.
+    Re-running replaces the part as a whole.
+    """
+    base = resolve_version(lake, stage, version)
+    pieces = part.split("/")
+    for piece in pieces:
+        validate_name(piece, "part")
+    parent = base.joinpath(*pieces[:-1])
+    parent.mkdir(parents=True, exist_ok=True)
+    name = pieces[-1]
+    tmp = parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    meta = metadata if metadata is not None else {}
+    try:
+        yield tmp
+        meta.update({"stage": stage, "version": version, "part": part, "committed_at": time.time()})
+        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        final = parent / name
+        if final.exists():
+            trash = parent / f".tmp-old-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_part(
+    lake: str | os.PathLike[str] | None, stage: str, version: str | None, part: str
+) -> Path:
+    """The folder of a committed part of a committed version (see :func:`staged_part`)."""
+    path = resolve_version(lake, stage, version).joinpath(*part.split("/"))
+    if not (path / SUCCESS).exists():
+        raise LakeError(f"{path} is not a committed part of {stage!r} (no {SUCCESS})")
+    return path
+
+
 def resolve_version(
     lake: str | os.PathLike[str] | None, stage: str, version: str | None = None
 ) -> Path:
