@@ -81,6 +81,28 @@ class Sequences:
             torch.from_numpy(self.targets[rows].astype(np.int64)),
         )
 
+    def chain_batch(
+        self, rows: np.ndarray, max_len: int = 50
+    ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+        """All-position training batch of chains (see :func:`training_chains`).
+
+        A chain ``c`` (its last ``max_len + 1`` items) gives the input ``c[:-1]`` and the
+        targets ``c[1:]``: position j predicts item j+1 from items 0..j, so one causal pass
+        trains every prefix of the chain at once. Returns (history (B, L), lengths (B,),
+        targets (B, L) with 0 beyond each row's length).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        end = self.offsets[rows + 1]
+        lengths = np.minimum(end - self.offsets[rows], max_len + 1)
+        width = max(int(lengths.max()) - 1 if len(rows) else 1, 1)
+        pos = np.arange(width + 1)
+        idx = (end - lengths)[:, None] + pos[None, :]
+        valid = pos[None, :] < lengths[:, None]
+        chain = np.where(valid, self.items[np.minimum(idx, max(len(self.items) - 1, 0))], 0)
+        chain = torch.from_numpy(chain.astype(np.int64))
+        hist = chain[:, :-1] * (chain[:, 1:] > 0)  # the last item is only a target
+        return hist, torch.from_numpy((lengths - 1).astype(np.int64)), chain[:, 1:]
+
     def shifted(self, offset: int, domain: int) -> Sequences:
         """The same rows with item ids moved to the global id space (padding never occurs)."""
         return Sequences(
@@ -150,6 +172,7 @@ class MultiDomain:
     offsets: dict[str, int]  # global id = offsets[name] + local item_idx
     n_items: int  # total, excluding padding
     train: Sequences
+    chains: Sequences  # every user's training part, global ids (all-position training)
     valid: dict[str, Sequences]  # per domain, local ids (evaluation ranks within a domain)
     codes: np.ndarray  # int64 (n_items+1, D)
     domains: dict[str, DomainData]
@@ -161,13 +184,14 @@ def merge_domains(domains: list[DomainData]) -> MultiDomain:
         raise DataError("pre-training needs at least one domain")
     offsets: dict[str, int] = {}
     codes_rows = [None]
-    train_parts = []
+    train_parts, chain_parts = [], []
     total = 0
     for k, d in enumerate(domains):
         if d.codes is None:
             raise DataError(f"domain {d.name} has no codes: run `vqrec codes` first")
         offsets[d.name] = total
         train_parts.append(d.splits["train"].shifted(total, k))
+        chain_parts.append(training_chains(d.splits).shifted(total, k))
         codes_rows.append(d.codes[1:])
         total += d.n_items
     dims = {c.shape[1] for c in codes_rows[1:]}
@@ -179,6 +203,7 @@ def merge_domains(domains: list[DomainData]) -> MultiDomain:
         offsets=offsets,
         n_items=total,
         train=Sequences.concat(train_parts),
+        chains=Sequences.concat(chain_parts),
         valid={d.name: d.splits["valid"] for d in domains},
         codes=codes,
         domains={d.name: d for d in domains},
@@ -191,6 +216,7 @@ def batch_rows(
     generator: torch.Generator,
     bucket: bool = True,
     bucket_batches: int = 32,
+    targets_per_row: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Row indices of one epoch's batches.
 
@@ -199,19 +225,55 @@ def batch_rows(
     into batches, and the batch order is shuffled -- batches hold similar lengths, so
     they pad little, while every epoch still sees a fresh random grouping.
     Randomness comes only from ``generator`` (its state is checkpointed for resume).
+
+    ``targets_per_row`` (chains): a batch holds about ``batch_size`` *targets*, not rows.
     """
     n = len(lengths)
+    weights = np.ones(n, np.int64) if targets_per_row is None else targets_per_row
     perm = torch.randperm(n, generator=generator).numpy()
     if not bucket:
-        return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+        return _cut(perm, weights, batch_size)
     batches = []
-    chunk = batch_size * bucket_batches
-    for start in range(0, n, chunk):
-        rows = perm[start : start + chunk]
+    per_chunk = batch_size * bucket_batches
+    chunk_id = np.cumsum(weights[perm]) // per_chunk
+    for c in np.unique(chunk_id):
+        rows = perm[chunk_id == c]
         rows = rows[np.argsort(lengths[rows], kind="stable")]
-        batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        batches += _cut(rows, weights, batch_size)
     order = torch.randperm(len(batches), generator=generator).numpy()
     return [batches[i] for i in order]
+
+
+def _cut(rows: np.ndarray, weights: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive slices of ``rows`` holding about ``batch_size`` weight each."""
+    if (weights == 1).all():
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    group = (np.cumsum(weights[rows]) - 1) // batch_size
+    bounds = np.flatnonzero(np.diff(group)) + 1
+    return [b for b in np.split(rows, bounds) if len(b)]
+
+
+def training_chains(splits: dict[str, Sequences]) -> Sequences:
+    """Every user's training part as one chain, for all-position training.
+
+    The valid row's history is the user's training items ``s[0..n-3]`` (the last 50 of
+    them): as a chain it holds exactly the targets of the user's ``train`` rows, each with
+    the same history, when the training part has at most 51 items (longer users keep the
+    targets of their last 50 items, with shorter histories than the prefix rows). Users
+    with a single training item have no training target and are dropped.
+    """
+    valid = splits["valid"]
+    rows = np.flatnonzero(valid.lengths >= 2)
+    lengths = valid.lengths[rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    gather = np.repeat(valid.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return Sequences(
+        valid.items[gather],
+        offsets,
+        valid.items[valid.offsets[rows + 1] - 1],  # unused by chain batches; kept for shape
+        valid.users[rows],
+        valid.domain[rows],
+    )
 
 
 # ----------------------------------------------------------------------------- the lake

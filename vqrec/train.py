@@ -44,7 +44,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from vqrec.data import DomainData, MultiDomain, Sequences, batch_rows, load_domain, merge_domains
+from vqrec.data import (
+    DomainData,
+    MultiDomain,
+    Sequences,
+    batch_rows,
+    load_domain,
+    merge_domains,
+    training_chains,
+)
 from vqrec.evaluate import EvalConfig, evaluate, format_metrics
 from vqrec.lake import lake_root, resolve_version, staged_version, validate_name
 from vqrec.losses import contrastive_loss, corrupt_codes, full_softmax_loss
@@ -73,6 +81,10 @@ class TrainConfig:
     permutation_lr: float = 1e-3
     sinkhorn_iters: int = 3
     bucket: bool = True  # length-bucketed batches (see vqrec.data.batch_rows)
+    # "last": one target per prefix row (the published way: every prefix is a row);
+    # "all": each user's training part as one chain, a target at every position (the same
+    # targets and histories in one causal pass; see vqrec.data.training_chains).
+    targets: str = "last"
     max_len: int = 50
     eval_batch_size: int = 1024
     valid_rows: int = 0  # pre-training: evaluate on at most this many valid rows/domain (0 all)
@@ -80,10 +92,13 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training objective (off: not measured)
     progress: bool = True  # tqdm bars
     stop_after_epochs: int = 0  # >0: stop (as if killed) after this many epochs of this run
+    time_budget_min: float = 0.0  # >0: the epoch that crosses this wall time is the last
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.targets not in ("last", "all"):
+            raise ValueError(f"targets must be 'last' or 'all', not {self.targets!r}")
         if self.permutation not in PERMUTATIONS:
             raise ValueError(f"permutation must be one of {PERMUTATIONS}, not {self.permutation!r}")
         for name in ("epochs", "batch_size", "patience", "max_len", "eval_batch_size"):
@@ -151,12 +166,16 @@ class PretrainObjective(nn.Module):
         neg_codes: torch.Tensor,
     ) -> torch.Tensor:
         b, length = hist.shape
+        every = targets.dim() == 2  # chains: a target at every position
+        flat = targets[targets > 0] if every else targets
         # Histories and targets share many items: embed every distinct id once.
-        emb = self.model.item_embeddings(torch.cat([hist.reshape(-1), targets]))
+        emb = self.model.item_embeddings(torch.cat([hist.reshape(-1), flat]))
         hist_emb = emb[: b * length].view(b, length, -1)
-        seq = self.model.encode(hist, lengths, history_emb=hist_emb)
+        seq = self.model.encode(hist, lengths, all_positions=every, history_emb=hist_emb)
+        if every:
+            seq = seq[targets > 0]
         hard = self.model.code_embeddings(neg_codes)
-        return contrastive_loss(seq, emb[b * length :], targets, self.temperature, hard)
+        return contrastive_loss(seq, emb[b * length :], flat, self.temperature, hard)
 
 
 class FinetuneObjective(nn.Module):
@@ -168,7 +187,11 @@ class FinetuneObjective(nn.Module):
         self.temperature = temperature
 
     def forward(self, hist: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor):
-        seq = self.model.encode(hist, lengths)
+        if targets.dim() == 2:  # chains: a target at every position
+            seq = self.model.encode(hist, lengths, all_positions=True)[targets > 0]
+            targets = targets[targets > 0]
+        else:
+            seq = self.model.encode(hist, lengths)
         return full_softmax_loss(seq, self.model.all_item_embeddings(), targets, self.temperature)
 
 
@@ -224,6 +247,8 @@ class Loop:
         self.bad_epochs = 0
         self.position = {"phase": "", "epoch": 0, "done": False}
         self.epochs_this_run = 0
+        self.started = time.perf_counter()
+        self.stopped_by = ""
         self.restored: dict[str, Any] | None = None
         if resume and checkpoint is not None and checkpoint.exists():
             self.restored, state = _load_checkpoint(checkpoint)
@@ -295,13 +320,19 @@ class Loop:
     ) -> dict[str, float]:
         """One pass over ``seqs``; ``step(hist, lengths, targets) -> loss`` on this rank's rows."""
         cfg = self.cfg
-        batches = batch_rows(seqs.lengths, cfg.batch_size, self.sampler_gen, cfg.bucket)
+        chains = cfg.targets == "all"
+        per_row = np.minimum(seqs.lengths, cfg.max_len + 1) - 1 if chains else None
+        batches = batch_rows(
+            seqs.lengths, cfg.batch_size, self.sampler_gen, cfg.bucket, targets_per_row=per_row
+        )
+        make_batch = seqs.chain_batch if chains else seqs.batch
         total, rows_done, t0 = 0.0, 0, time.perf_counter()
         bar = tqdm(batches, desc=desc, leave=False, disable=not cfg.progress or self.rank != 0)
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
         for rows in bar:
             rows = rows[self.rank :: self.world]  # this rank's slice of the global batch
-            hist, lengths, targets = seqs.batch(rows, cfg.max_len)
+            hist, lengths, targets = make_batch(rows, cfg.max_len)
+            n_targets = int((targets > 0).sum()) if chains else len(rows)
             hist, lengths, targets = (t.to(self.device) for t in (hist, lengths, targets))
             with amp:
                 loss = step(hist, lengths, targets)
@@ -309,8 +340,8 @@ class Loop:
             loss.backward()
             optimizer.step()
             loss_value = float(loss.detach())
-            total += loss_value * len(rows)
-            rows_done += len(rows)
+            total += loss_value * n_targets
+            rows_done += n_targets
             bar.set_postfix(loss=f"{loss_value:.4f}")
         seconds = time.perf_counter() - t0
         return {
@@ -338,12 +369,17 @@ class Loop:
                 file=sys.stderr,
                 flush=True,
             )
-        return self.bad_epochs >= self.cfg.patience
+        if self.bad_epochs >= self.cfg.patience:
+            self.stopped_by = f"patience ({self.cfg.patience} epochs without a better valid)"
+        budget = self.cfg.time_budget_min * 60
+        if not self.stopped_by and budget and time.perf_counter() - self.started > budget:
+            self.stopped_by = f"time budget ({self.cfg.time_budget_min} min)"
+        return bool(self.stopped_by)
 
 
 def _resumable(cfg: TrainConfig) -> dict[str, Any]:
     """The config fields a resumed run must share with the checkpoint (not device/display)."""
-    skip = {"stop_after_epochs", "progress", "device"}
+    skip = {"stop_after_epochs", "progress", "device", "time_budget_min"}
     return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
 
@@ -409,7 +445,8 @@ def pretrain(
     valid = {d: _subsample(s, cfg.valid_rows, cfg.seed) for d, s in data.valid.items()}
 
     def step(hist, lengths, targets):
-        neg = corrupt_codes(codes[targets], cfg.rho, model_cfg.code_cap, loop.noise_gen)
+        flat = targets[targets > 0] if targets.dim() == 2 else targets
+        neg = corrupt_codes(codes[flat], cfg.rho, model_cfg.code_cap, loop.noise_gen)
         return objective(hist, lengths, targets, neg)
 
     def valid_metrics() -> dict[str, float]:
@@ -434,7 +471,8 @@ def pretrain(
         if stop:
             break
         model.train()
-        entry = loop.run_epoch(data.train, step, optimizer, f"pretrain {epoch}", params)
+        rows = data.chains if cfg.targets == "all" else data.train
+        entry = loop.run_epoch(rows, step, optimizer, f"pretrain {epoch}", params)
         metrics = valid_metrics() if rank == 0 else {}
         if world > 1:  # rank 0 evaluates; everyone follows its early-stopping decision
             box = [metrics]
@@ -460,6 +498,7 @@ def pretrain(
     metrics = {
         "history": loop.history,
         "best_epoch": loop.best["epoch"],
+        "stopped_by": loop.stopped_by or "epochs",
         "valid": loop.best["valid"],
         "test": test,
     }
@@ -467,6 +506,11 @@ def pretrain(
 
 
 # ---------------------------------------------------------------------- fine-tuning
+
+
+def training_rows(data: DomainData, cfg: TrainConfig) -> Sequences:
+    """The rows one epoch iterates: prefix rows, or one chain per user (targets="all")."""
+    return training_chains(data.splits) if cfg.targets == "all" else data.splits["train"]
 
 
 def _random_permutation(code_dim: int, code_cap: int, seed: int) -> torch.LongTensor:
@@ -522,7 +566,8 @@ def finetune(
     _seed_everything(cfg.seed)
     model = build_domain_model(data, cfg, model_cfg or ModelConfig(), backbone).to(device)
     loop = Loop(cfg, model, device, checkpoint, resume)
-    train, valid = data.splits["train"], data.splits["valid"]
+    train = training_rows(data, cfg)
+    valid = data.splits["valid"]
     objective: nn.Module = FinetuneObjective(model, model.config.temperature)
     if cfg.compile:
         objective = torch.compile(objective)
@@ -564,6 +609,7 @@ def finetune(
     metrics = {
         "history": loop.history,
         "best_epoch": loop.best["epoch"],
+        "stopped_by": loop.stopped_by or "epochs",
         "valid": loop.best["valid"],
         "test": test,
     }
@@ -603,7 +649,11 @@ def _learn_permutation(
         model.train()
         perm.train()
         entry = loop.run_epoch(
-            data.splits["train"], step, optimizer, f"permutation {epoch}", list(perm.parameters())
+            training_rows(data, cfg),
+            step,
+            optimizer,
+            f"permutation {epoch}",
+            list(perm.parameters()),
         )
         perm.eval()  # no Gumbel noise: validate the permutation as it would be applied
         with torch.no_grad(), model.using_code_table(permuted_code_table(model, perm)):
@@ -707,10 +757,19 @@ def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device)
     parser.add_argument("--no-bucket", action="store_true", help="plain random batches")
+    parser.add_argument(
+        "--targets",
+        default="last",
+        choices=["last", "all"],
+        help="last: a row per prefix (published); all: a target at every position of a chain",
+    )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (not measured)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (not measured)")
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--time-budget-min", type=float, default=0.0, help="last epoch = the one crossing it"
+    )
     parser.add_argument(
         "--model-config", default="{}", help='JSON ModelConfig overrides, e.g. {"hidden": 64}'
     )
@@ -727,9 +786,11 @@ def _train_config(args: argparse.Namespace, mode: str, **extra) -> TrainConfig:
         seed=args.seed,
         device=args.device,
         bucket=not args.no_bucket,
+        targets=args.targets,
         amp=args.amp,
         compile=args.compile,
         progress=not args.no_progress,
+        time_budget_min=args.time_budget_min,
         **extra,
     )
 
