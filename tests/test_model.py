@@ -126,9 +126,11 @@ def test_padding_after_lengths_does_not_matter(item_encoder):
     torch.testing.assert_close(model.encode(short, lengths[1:]), out[1:])
     wide = torch.cat([history, torch.zeros(5, 2, dtype=torch.long)], dim=1)
     torch.testing.assert_close(model.encode(wide, lengths), out)
-    # The last-position shortcut equals the full output gathered at lengths-1.
+    # The last-position shortcut equals the full output gathered at lengths-1; positions
+    # after the lengths are zeros.
     full = model.encode(history, lengths, all_positions=True)
     torch.testing.assert_close(full[torch.arange(5), lengths - 1], out)
+    assert torch.count_nonzero(full[tail]) == 0 and torch.count_nonzero(full[~tail].abs() > 0)
 
 
 def test_bad_input_gets_clear_errors():
@@ -276,3 +278,46 @@ def test_history_emb_matches_internal_lookup():
     torch.testing.assert_close(
         model.encode(history, lengths, history_emb=history_emb), model.encode(history, lengths)
     )
+
+
+def recbole_reference(model: VQRec, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """RecBole's SASRec forward written out plainly (eval mode): full padded grid, the
+    official (B, L, D, H) code lookup, an additive -10000 mask on padding and future keys."""
+    c = model.config
+    b, length = history.shape
+    shifted = model.item_codes[history]  # (B, L, D)
+    x = model.code_embedding.weight[shifted].mean(-2)  # (B, L, D, H) -> (B, L, H)
+    x = x * (history != 0).unsqueeze(-1)  # padding items are zero
+    x = model.input_norm(x + model.position_embedding.weight[:length])
+    allowed = torch.tril(torch.ones(length, length, dtype=torch.bool)) & (history != 0)[:, None, :]
+    additive = (~allowed).float().unsqueeze(1) * -10000.0  # (B, 1, L, L)
+    dh = c.hidden // c.heads
+    for layer in model.layers:
+        att = layer.attention
+        q, k, v = att.qkv(x).split(c.hidden, dim=-1)
+        q, k, v = (t.view(b, length, c.heads, dh).transpose(1, 2) for t in (q, k, v))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5 + additive, dim=-1)
+        ctx = (probs @ v).transpose(1, 2).reshape(b, length, c.hidden)
+        x = att.norm(att.out(ctx) + x)
+        ff = layer.feed_forward
+        x = ff.norm(ff.fc2(torch.nn.functional.gelu(ff.fc1(x))) + x)
+    return x[torch.arange(b), lengths - 1]
+
+
+def test_encode_matches_recbole_reference():
+    model = tiny_model("vq").eval()
+    history, lengths = batch(seed=4, b=7)
+    torch.testing.assert_close(
+        model.encode(history, lengths), recbole_reference(model, history, lengths)
+    )
+
+
+def test_dropout_keeps_expectation():
+    from vqrec.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.5).train()
+    out = drop(torch.ones(200_000))
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
