@@ -140,28 +140,44 @@ def _read_items(spark: SparkSession, items_root: Path, folders: dict[str, Path])
     )
 
 
-def _check_items(items: DataFrame, items_root: Path) -> None:
-    """Refuse items the cache could be poisoned by: no text, or a hash that is not sha1(text).
+def _count_and_check_items(items: DataFrame, items_root: Path) -> dict[str, int]:
+    """Items per domain, after refusing input that could poison the cache.
 
-    clean drops items without usable text, so either case means a broken or foreign clean
-    output; encoding them anyway would silently attach vectors to the wrong text.
+    Refused: empty text, a text_hash that is not sha1(text) (the cache would attach a vector
+    to the wrong text), a missing or repeated item_idx. clean never writes such rows, so any
+    of them means a broken or foreign clean output: fail naming the items, encode nothing.
     """
-    bad = items.filter(
+    is_bad = (
         F.col("text").isNull()
         | (F.trim(F.col("text")) == "")
         | F.col("text_hash").isNull()
         | (F.col("text_hash") != F.sha1(F.col("text")))
         | F.col("item_idx").isNull()
     )
-    examples = bad.select("domain", "item_idx", "item_id", "text_hash").limit(5).collect()
-    if examples:
+    stats = (
+        items.groupBy("domain")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.count_distinct("item_idx").alias("distinct_idx"),
+            F.sum(is_bad.cast("int")).alias("bad"),
+        )
+        .collect()
+    )
+    n_bad = sum(int(r["bad"] or 0) for r in stats)
+    if n_bad:
+        examples = items.filter(is_bad).select("domain", "item_idx", "item_id", "text_hash")
         shown = ", ".join(
-            f"{r.domain}/item_idx={r.item_idx} ({r.item_id}, hash {r.text_hash})" for r in examples
+            f"{r.domain}/item_idx={r.item_idx} ({r.item_id}, hash {r.text_hash})"
+            for r in examples.limit(5).collect()
         )
         raise LakeError(
-            f"{items_root}: {bad.count()} item(s) with empty text or text_hash != sha1(text), "
+            f"{items_root}: {n_bad} item(s) with empty text or text_hash != sha1(text), "
             f"e.g. {shown}"
         )
+    repeated = [r["domain"] for r in stats if r["distinct_idx"] != r["n"]]
+    if repeated:
+        raise LakeError(f"{items_root}: repeated item_idx in domain(s) {sorted(repeated)}")
+    return {r["domain"]: int(r["n"]) for r in stats}
 
 
 def _read_cache(spark: SparkSession, cache_dir: Path) -> DataFrame | None:
@@ -253,21 +269,23 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     items = _read_items(spark, items_root, folders).cache()
-    _check_items(items, items_root)
-    per_domain = {d: 0 for d in folders}
-    for row in items.groupBy("domain").count().collect():
-        per_domain[row["domain"]] = int(row["count"])
+    counts = _count_and_check_items(items, items_root)
+    per_domain = {d: counts.get(d, 0) for d in folders}
 
     # Distinct texts this run needs, minus those this encoder has already seen.
     unique = items.select("text_hash", "text").dropDuplicates(["text_hash"])
-    n_unique = unique.count()
     cached = _read_cache(spark, cache_dir)
-    todo = (
-        unique
-        if cached is None
-        else unique.join(cached.select("text_hash"), "text_hash", "left_anti")
-    )
-    n_todo = todo.count()
+    if cached is None:
+        todo = unique
+        n_unique = n_todo = unique.count()
+    else:
+        seen = cached.select("text_hash", F.lit(1).alias("_seen"))
+        todo = unique.join(seen.drop("_seen"), "text_hash", "left_anti")
+        totals = unique.join(seen, "text_hash", "left").agg(
+            F.count(F.lit(1)).alias("n"), F.count("_seen").alias("seen")
+        )
+        row = totals.first()
+        n_unique, n_todo = int(row["n"]), int(row["n"]) - int(row["seen"])
 
     encoded, cache_file, encode_seconds = 0, None, 0.0
     if n_todo:
@@ -345,9 +363,11 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
                 empty.write.parquet(str(out / "items" / f"domain={domain}"))
                 _tidy_spark_output(out / "items")
                 _tidy_empty(out / "items" / f"domain={domain}")
-        missing = spark.read.parquet(str(out / "items")).filter(F.col("embedding").isNull())
-        if missing.limit(1).count():
-            raise LakeError(f"{missing.count()} item(s) got no embedding (cache corrupted?)")
+        # Every item must have found its vector; never commit a version with holes.
+        written = spark.read.parquet(str(out / "items"))
+        n_missing = written.filter(F.col("embedding").isNull()).count()
+        if n_missing:
+            raise LakeError(f"{n_missing} item(s) got no embedding (embedding cache damaged?)")
         summary["seconds"] = round(time.perf_counter() - started, 3)
     items.unpersist()
     summary["path"] = str(root / "embeddings" / version)

@@ -86,18 +86,38 @@ def embedding_dimension(model) -> int:
     return int(getter())
 
 
-@lru_cache(maxsize=16)
-def _folder_digest(folder: str) -> str:
-    """sha1 over the relative paths and bytes of every file in a model folder."""
-    digest = hashlib.sha1()
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
+def _model_files(folder: Path) -> list[Path]:
+    """The files of a model folder that can change its vectors, in a stable order."""
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
         # README/.gitattributes and hidden files do not change the vectors.
         if rel.startswith(".") or "/." in rel or rel.lower().startswith("readme"):
             continue
+        files.append(path)
+    return files
+
+
+def _folder_digest(folder: str) -> str:
+    """sha1 over the relative paths and bytes of a model folder's files.
+
+    Memoized on the files' (path, size, mtime): hashing ~90 MB of weights takes a fraction
+    of a second, and a folder changed in place gets a new digest.
+    """
+    root = Path(folder)
+    stamp = tuple(
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in _model_files(root)
+    )
+    return _hash_files(folder, stamp)
+
+
+@lru_cache(maxsize=16)
+def _hash_files(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha1()
+    for rel, _, _ in stamp:
         digest.update(rel.encode() + b"\0")
-        with path.open("rb") as fh:
+        with (Path(folder) / rel).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         digest.update(b"\0")
