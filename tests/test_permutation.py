@@ -9,7 +9,9 @@ from vqrec.losses import full_softmax_loss
 from vqrec.model import ModelConfig, VQRec
 from vqrec.permutation import (
     CodePermutation,
+    StraightThroughPermute,
     apply_permutation,
+    assignment,
     log_sinkhorn,
     permuted_code_table,
 )
@@ -136,3 +138,25 @@ def test_permutation_learns_through_the_model():
     loss.backward()
     assert perm.logits.grad.abs().sum() > 0
     assert model.code_embedding.weight.grad is None  # the table itself is detached
+
+
+def test_straight_through_gradient_equals_the_matrix_formula():
+    """The gather-based Function has the gradients of (hard - soft.detach() + soft) @ W."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(D, M, M, generator=gen)
+    soft = log_sinkhorn(logits, 3).exp().requires_grad_(True)
+    weights = torch.randn(D, M, H, generator=gen, requires_grad=True)
+    perm = assignment(logits)
+    upstream = torch.randn(D, M, H, generator=gen)
+
+    out = StraightThroughPermute.apply(soft, weights, perm)
+    (out * upstream).sum().backward()
+    grads = soft.grad.clone(), weights.grad.clone()
+    soft.grad, weights.grad = None, None
+
+    hard = torch.zeros(D, M, M).scatter_(-1, perm.unsqueeze(-1), 1.0)
+    reference = torch.bmm(hard - soft.detach() + soft, weights)
+    (reference * upstream).sum().backward()
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(grads[0], soft.grad)
+    torch.testing.assert_close(grads[1], weights.grad)

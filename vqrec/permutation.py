@@ -52,6 +52,28 @@ def assignment(scores: torch.Tensor) -> torch.LongTensor:
     return torch.from_numpy(perm).to(scores.device)
 
 
+class StraightThroughPermute(torch.autograd.Function):
+    """``(hard - soft.detach() + soft) @ W`` without the (D, M, M) x (D, M, H) products
+    that only produce values: the forward pass is a gather by the hard permutation, and
+    the backward pass computes the two gradients of that expression directly."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor, weights: torch.Tensor, perm: torch.Tensor):
+        index = perm.unsqueeze(-1).expand(-1, -1, weights.shape[-1])
+        ctx.save_for_backward(weights, index)
+        return weights.gather(1, index)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weights, index = ctx.saved_tensors
+        grad_soft = grad_weights = None
+        if ctx.needs_input_grad[0]:  # d/d(soft) of (P @ W) = grad_out @ W^T
+            grad_soft = torch.bmm(grad_out, weights.transpose(1, 2))
+        if ctx.needs_input_grad[1]:  # d/dW = hard^T @ grad_out: a scatter
+            grad_weights = torch.zeros_like(weights).scatter_add_(1, index, grad_out)
+        return grad_soft, grad_weights, None
+
+
 class CodePermutation(nn.Module):
     """One learnable M x M permutation per sub-vector (Gumbel-Sinkhorn, straight-through)."""
 
@@ -72,26 +94,25 @@ class CodePermutation(nn.Module):
         # Zeros: no prior (the two quantizers' labels are unrelated).
         self.logits = nn.Parameter(torch.zeros(code_dim, code_cap, code_cap))
 
-    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hard, soft) permutation matrices (D, M, M); Gumbel noise only in training mode."""
+    def matrices(self) -> tuple[torch.LongTensor, torch.Tensor]:
+        """(hard, soft): the hard permutation as (D, M) indices and the soft Sinkhorn matrix
+        (D, M, M). Gumbel noise only in training mode."""
         log_alpha = self.logits
         if self.training and self.noise > 0:
             uniform = torch.rand_like(log_alpha).clamp_(1e-10, 1.0 - 1e-7)
             log_alpha = log_alpha - self.noise * torch.log(-torch.log(uniform))
         log_alpha = log_sinkhorn(log_alpha / self.tau, self.sinkhorn_iters)
-        soft = log_alpha.exp()
         # Sinkhorn only subtracts row and column constants (in log space), which shifts every
         # permutation's total by the same amount: the assignment on log_alpha is the
         # assignment on the noisy logits, whatever the number of iterations.
-        perm = assignment(log_alpha)
-        hard = torch.zeros_like(soft).scatter_(-1, perm.unsqueeze(-1), 1.0)
-        return hard, soft
+        return assignment(log_alpha), log_alpha.exp()
 
     def forward(self, table_block_weights: torch.Tensor) -> torch.Tensor:
         """Permute code rows: (D, M, H) -> (D, M, H), ``out[d, i] = W[d, perm[d, i]]``.
 
-        The values are exactly the hard permutation; the gradient flows to ``self.logits``
-        through the soft Sinkhorn matrix (straight-through).
+        The values are exactly the hard permutation; the gradient is that of
+        ``(hard - soft.detach() + soft) @ W``: to ``self.logits`` through the soft Sinkhorn
+        matrix (straight-through), and to W (if it requires grad) through the hard one.
         """
         expected = (self.code_dim, self.code_cap)
         if tuple(table_block_weights.shape[:2]) != expected:
@@ -99,9 +120,8 @@ class CodePermutation(nn.Module):
                 f"table blocks must be (D, M, H) = {expected + ('H',)}, "
                 f"got {tuple(table_block_weights.shape)}"
             )
-        hard, soft = self.matrices()
-        straight_through = hard - soft.detach() + soft
-        return torch.bmm(straight_through, table_block_weights)
+        perm, soft = self.matrices()
+        return StraightThroughPermute.apply(soft, table_block_weights, perm)
 
     @torch.no_grad()
     def hard(self) -> torch.LongTensor:
