@@ -575,10 +575,10 @@ def promote(
         "metric": metric,
         "tolerance": float(tolerance),
         "challenger_value": challenger_value,
-        "champion_version": champ.version if champ else None,
+        "champion_version": str(champ.version) if champ else None,
         "champion_value": champion_value,
     }
-    if champ is not None and champ.version == version:
+    if champ is not None and str(champ.version) == version:
         promoted, reason = True, "already_champion"
     elif champ is None:
         promoted, reason = True, "promoted"
@@ -655,7 +655,7 @@ def _recorded_decision(mv: Any) -> dict[str, Any]:
     tags = mv.tags
     return {
         "name": mv.name,
-        "version": mv.version,
+        "version": str(mv.version),
         "metric": tags.get("vqrec.promotion.metric"),
         "decision": tags.get(TAG_DECISION),
         "promoted": tags.get(TAG_DECISION) in {"promoted", "already_champion"},
@@ -692,7 +692,8 @@ def register_bundle(
             decision = _recorded_decision(existing)
         else:  # registered, but the promotion step never ran (a killed task): run it now
             decision = promote(client, name, existing.version, metric, tolerance)
-        return {"name": name, "version": existing.version, "reused": True, "promotion": decision}
+        version = str(existing.version)
+        return {"name": name, "version": version, "reused": True, "promotion": decision}
 
     run_key = pipeline_run_id or info["model_version"]
     data_versions = {

@@ -50,9 +50,20 @@ MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 # store and experiment
 
 
+# mlflow.set_tracking_uri() also exports $MLFLOW_TRACKING_URI (MLflow 3, for subprocesses):
+# remember what we exported, so that only a URI the *user* set overrides the lake's store.
+_EXPORTED: set[str] = set()
+
+
+def user_tracking_uri() -> str | None:
+    """``$MLFLOW_TRACKING_URI`` when the user set it (not an echo of our own setup)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env not in _EXPORTED else None
+
+
 def tracking_uri(lake: str | os.PathLike[str] | None = None) -> str:
     """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else the lake's SQLite store."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    env = user_tracking_uri()
     if env:
         return env
     db = lake_root(lake) / "mlflow" / "mlflow.db"
@@ -75,6 +86,8 @@ def setup_tracking(
     against a remote server the server decides. Returns the experiment id.
     """
     uri = tracking_uri(lake)
+    remote = user_tracking_uri() is not None
+    _EXPORTED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
@@ -85,7 +98,7 @@ def setup_tracking(
         experiment_id = found.experiment_id
     else:
         location = None
-        if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not remote:
             folder = artifact_root(lake) / experiment
             folder.mkdir(parents=True, exist_ok=True)
             location = folder.as_uri()
