@@ -88,6 +88,7 @@ def rank_targets(
         table = model.all_item_embeddings()
         n_items = n_items if n_items is not None else table.shape[0] - 1 - item_offset
         items = table[item_offset + 1 : item_offset + 1 + n_items]
+        max_len = min(config.max_len, model.config.max_len)  # the model sees at most this
         rows_per_batch = max(1, min(config.batch_size, config.score_budget // max(n_items, 1)))
         out = np.empty(len(seqs), dtype=np.int64)
         # Sorting by length keeps the padding of each batch small; ranks go back in place.
@@ -95,7 +96,7 @@ def rank_targets(
         starts = range(0, len(seqs), rows_per_batch)
         for start in tqdm(starts, desc="evaluate", leave=False, disable=not progress):
             rows = order[start : start + rows_per_batch]
-            hist, lengths, targets = seqs.batch(rows, config.max_len)
+            hist, lengths, targets = seqs.batch(rows, max_len)
             hist = torch.where(hist > 0, hist + item_offset, hist).to(device)
             seq = model.encode(hist, lengths.to(device))
             scores = model.score(seq, items).float()

@@ -321,7 +321,8 @@ class Loop:
         """One pass over ``seqs``; ``step(hist, lengths, targets) -> loss`` on this rank's rows."""
         cfg = self.cfg
         chains = cfg.targets == "all"
-        per_row = np.minimum(seqs.lengths, cfg.max_len + 1) - 1 if chains else None
+        max_len = min(cfg.max_len, self.model.config.max_len)
+        per_row = np.minimum(seqs.lengths, max_len + 1) - 1 if chains else None
         batches = batch_rows(
             seqs.lengths, cfg.batch_size, self.sampler_gen, cfg.bucket, targets_per_row=per_row
         )
@@ -331,7 +332,7 @@ class Loop:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
         for rows in bar:
             rows = rows[self.rank :: self.world]  # this rank's slice of the global batch
-            hist, lengths, targets = make_batch(rows, cfg.max_len)
+            hist, lengths, targets = make_batch(rows, max_len)
             n_targets = int((targets > 0).sum()) if chains else len(rows)
             hist, lengths, targets = (t.to(self.device) for t in (hist, lengths, targets))
             with amp:
