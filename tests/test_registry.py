@@ -65,8 +65,8 @@ def test_gate_promotes_better_and_keeps_champion_over_worse(world, registered):
     assert worse["promotion"]["decision"] == "kept_champion"
     assert worse["promotion"]["challenger_value"] == pytest.approx(figures["worse"])
     assert worse["promotion"]["champion_value"] == pytest.approx(figures["trained"])
-    assert client.get_model_version_by_alias(NAME, "champion").version == better["version"]
-    assert client.get_model_version_by_alias(NAME, "challenger").version == worse["version"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == better["version"]
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == worse["version"]
 
     # The decision and both figures are on the version (tags) and on its run.
     mv = client.get_model_version(NAME, worse["version"])
@@ -93,7 +93,7 @@ def test_registering_the_same_model_twice_is_idempotent(world, registered):
     assert len(after) == len(before)
     assert not again["promotion"]["promoted"]
     assert (
-        client.get_model_version_by_alias(NAME, "champion").version
+        str(client.get_model_version_by_alias(NAME, "champion").version)
         == (registered["trained"]["version"])
     )
 
@@ -190,7 +190,7 @@ def test_tolerance_lets_a_slightly_worse_challenger_through(world, registered):
     assert not kept["promoted"]
     promoted = registry.promote(client, NAME, worse, tolerance=gap * 2)
     assert promoted["promoted"] and promoted["champion_version"] == registered["trained"]["version"]
-    assert client.get_model_version_by_alias(NAME, "champion").version == worse
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == worse
     # Put the better model back as champion for anything that runs later.
     client.set_registered_model_alias(NAME, "champion", registered["trained"]["version"])
 
