@@ -373,51 +373,55 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
         cached.append(df.persist())
         return df
 
+    metadata: dict[str, Any] = {"config": asdict(config)}
+    # Everything runs inside the staged version: a failure anywhere (a corrupt gzip that Spark
+    # only notices while reading) removes the temp folder and leaves CURRENT untouched.
     try:
-        raw_items = _union([read_items(spark, f) for f in files.values()])
-        items = keep(check_items(raw_items, config))
-        raw_events = _union([read_events(spark, f, checks) for f in files.values()])
-        items.count()
-        phase("items")
-        events = keep(check_events(raw_events, items))
-        events.count()
-        phase("events")
+        with staged_version(config.lake, "clean", config.version, metadata) as out:
+            raw_items = _union([read_items(spark, f) for f in files.values()])
+            items = keep(check_items(raw_items, config))
+            raw_events = _union([read_events(spark, f, checks) for f in files.values()])
+            items.count()
+            phase("items")
+            events = keep(check_events(raw_events, items))
+            events.count()
+            phase("events")
 
-        accepted = events.where(F.col("reason").isNull()).drop("reason", "source", "raw", "line")
-        kept, rounds = kcore(spark, accepted, config.user_k, config.item_k, config.driver_rows)
-        kept = keep(kept)
-        kept.count()
-        phase("kcore")
-        tables = build_tables(kept, items, config.max_history)
-        tables = {name: keep(df) for name, df in tables.items()}
-        quarantine = events.where(F.col("reason").isNotNull()).select(
-            "domain", "source", "line", "raw", "reason"
-        )
-        quarantine = quarantine.unionByName(
-            items.where(F.col("reason").isNotNull()).select(
+            accepted = events.where(F.col("reason").isNull()).drop(
+                "reason", "source", "raw", "line"
+            )
+            kept, rounds = kcore(spark, accepted, config.user_k, config.item_k, config.driver_rows)
+            kept = keep(kept)
+            kept.count()
+            phase("kcore")
+            tables = build_tables(kept, items, config.max_history)
+            tables = {name: keep(df) for name, df in tables.items()}
+            quarantine = events.where(F.col("reason").isNotNull()).select(
                 "domain", "source", "line", "raw", "reason"
             )
-        )
-        tables["quarantine"] = quarantine
-
-        stats = {
-            "events": _counts(events, ["domain", "reason"]),
-            "items": _counts(items, ["domain", "reason"]),
-            "accepted": accepted.groupBy("domain")
-            .agg(
-                F.count(F.lit(1)).alias("events"),
-                F.countDistinct("user_id").alias("users"),
-                F.countDistinct("item_id").alias("items"),
+            quarantine = quarantine.unionByName(
+                items.where(F.col("reason").isNotNull()).select(
+                    "domain", "source", "line", "raw", "reason"
+                )
             )
-            .collect(),
-            "interactions": _counts(tables["interactions"], ["domain"]),
-            "users": _counts(tables["users"], ["domain"]),
-            "item_table": _counts(tables["items"], ["domain"]),
-            "sequences": _counts(tables["sequences"], ["domain", "split"]),
-        }
-        phase("stats")
-        metadata: dict[str, Any] = {"config": asdict(config)}
-        with staged_version(config.lake, "clean", config.version, metadata) as out:
+            tables["quarantine"] = quarantine
+
+            stats = {
+                "events": _counts(events, ["domain", "reason"]),
+                "items": _counts(items, ["domain", "reason"]),
+                "accepted": accepted.groupBy("domain")
+                .agg(
+                    F.count(F.lit(1)).alias("events"),
+                    F.countDistinct("user_id").alias("users"),
+                    F.countDistinct("item_id").alias("items"),
+                )
+                .collect(),
+                "interactions": _counts(tables["interactions"], ["domain"]),
+                "users": _counts(tables["users"], ["domain"]),
+                "item_table": _counts(tables["items"], ["domain"]),
+                "sequences": _counts(tables["sequences"], ["domain", "split"]),
+            }
+            phase("stats")
             for name in TABLES:
                 write_table(tables[name], out, name, domains)
                 phase(f"write_{name}")
