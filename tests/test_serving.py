@@ -11,6 +11,8 @@ from mlflow_world import DOMAIN, build_data, train_model
 
 from vqrec import registry, serving, tracking
 
+pytestmark = pytest.mark.slow  # ~65 s (server start ~20 s); runs in CI
+
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):

@@ -134,6 +134,27 @@ def test_pipeline_run_nests_stage_runs_with_metrics_plots_and_artifacts(world):
     assert run.data.metrics[f"data.{DOMAIN}.users"] == report["users"]
 
 
+def test_stage_loggers_read_committed_lake_versions(world):
+    """The one-call loggers the DAG uses after each stage: codes, pretrain, finetune-<d>."""
+    lake = world["lake"]
+    codes_run = tracking.log_codes_run(lake, "nightly-3", "v1")
+    pretrain_run = tracking.log_training_run(lake, "nightly-3", "m1")
+    finetune_run = tracking.log_training_run(lake, "nightly-3", "m1", DOMAIN)
+    client = MlflowClient(tracking.tracking_uri(lake))
+    parent = tracking.start_pipeline_run(lake, "nightly-3")
+    for run_id, stage in [(codes_run, "codes"), (pretrain_run, "pretrain"),
+                          (finetune_run, f"finetune-{DOMAIN}")]:  # fmt: skip
+        run = client.get_run(run_id)
+        assert run.data.tags[tracking.TAG_STAGE] == stage
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.info.status == "FINISHED"
+    tags = client.get_run(finetune_run).data.tags
+    assert tags["vqrec.data.clean"] == "v1" and tags["vqrec.data.models"] == "m1"
+    assert len(client.get_metric_history(pretrain_run, "loss")) == 6
+    assert "data_quality/toyshop.json" in _artifacts(client, finetune_run)
+    assert f"plots/code_usage_{DOMAIN}.png" in _artifacts(client, codes_run)
+
+
 def test_a_failing_stage_is_marked_failed(lake):
     with pytest.raises(RuntimeError, match="boom"):
         with tracking.stage_run(lake, "nightly-2", "pretrain") as run:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("vqrec.train:main_finetune", "transfer the backbone to a domain"),
     "evaluate": ("vqrec.evaluate:main", "full-ranking Recall/NDCG of a trained model"),
     "baselines": ("vqrec.baselines:main", "ID-only / text / VQ-Rec scratch / transfer table"),
+    "register": ("vqrec.registry:main", "MLflow: register backbone + domain models, promote"),
 }
 
 

@@ -839,6 +839,38 @@ def register_backbone(
         )
 
 
+def register_all(
+    lake: str | os.PathLike[str] | None,
+    model_version: str | None = None,
+    domains: Sequence[str] | None = None,
+    pipeline_run_id: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+    backbone: bool = True,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+) -> list[dict[str, Any]]:
+    """Register the backbone (if trained in this version) and every (or the given) domain.
+
+    The DAG's register/promote task: one call, idempotent, one result dict per model.
+    """
+    models_dir = resolve_version(lake, "models", model_version)
+    if domains is None:
+        folder = models_dir / "domains"
+        domains = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    results = []
+    if backbone and (models_dir / "backbone" / "model.safetensors").exists():
+        results.append(
+            register_backbone(lake, models_dir.name, pipeline_run_id, metric, tolerance, experiment)
+        )
+    for domain in domains:
+        results.append(
+            register_domain(
+                lake, domain, models_dir.name, pipeline_run_id, metric, tolerance, experiment
+            )
+        )
+    return results
+
+
 def load_champion(domain: str, lake: str | os.PathLike[str] | None = None):
     """``mlflow.pyfunc.load_model("models:/vqrec-<domain>@champion")`` against the lake's store."""
     tracking.setup_tracking(lake)
@@ -866,23 +898,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``vqrec register``: register + promote the models of a models version; print JSON."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    models_dir = resolve_version(args.lake, "models", args.version)
-    domains = [d for d in args.domains.split(",") if d] or sorted(
-        p.name for p in (models_dir / "domains").iterdir() if p.is_dir()
+    domains = [d for d in args.domains.split(",") if d] or None
+    results = register_all(
+        args.lake,
+        args.version,
+        domains,
+        args.run_id,
+        args.metric,
+        args.tolerance,
+        backbone=not args.no_backbone,
     )
-    results = []
-    if not args.no_backbone and (models_dir / "backbone" / "model.safetensors").exists():
-        results.append(
-            register_backbone(args.lake, models_dir.name, args.run_id, args.metric, args.tolerance)
-        )
-    for domain in domains:
-        results.append(
-            register_domain(
-                args.lake, domain, models_dir.name, args.run_id, args.metric, args.tolerance
-            )
-        )
     json.dump(results, sys.stdout, indent=2, default=str)
     print()
     return 0

@@ -562,3 +562,69 @@ def plot_collision_histogram(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# one call per pipeline stage (what the Airflow tasks call after the stage committed)
+
+
+def log_codes_run(
+    lake: str | os.PathLike[str] | None,
+    pipeline_run_id: str,
+    codes_version: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> str:
+    """Child run ``codes``: config, quantizers, stats.json, usage/collision plots per domain.
+
+    Returns the MLflow run id.
+    """
+    from vqrec.lake import read_success, resolve_version
+
+    codes_dir = resolve_version(lake, "codes", codes_version)
+    meta = read_success(codes_dir)
+    versions = {"codes": codes_dir.name}
+    versions.update({k.removesuffix("_version"): v for k, v in meta.items()
+                     if k in ("clean_version", "embeddings_version") and v})  # fmt: skip
+    with stage_run(
+        lake, pipeline_run_id, "codes", data_versions=versions, experiment=experiment
+    ) as run:
+        log_codes(codes_dir)
+        return run.info.run_id
+
+
+def log_training_run(
+    lake: str | os.PathLike[str] | None,
+    pipeline_run_id: str,
+    models_version: str | None = None,
+    domain: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> str:
+    """Child run ``pretrain`` (domain None) or ``finetune-<domain>`` of a committed models version.
+
+    Logs the whole config, every epoch's metrics (step=epoch), the test figures, the
+    training-curve plot and, for a domain, the quality report of the clean data it used.
+    Returns the MLflow run id.
+    """
+    from vqrec.lake import LakeError, resolve_version
+
+    models_dir = resolve_version(lake, "models", models_version)
+    model_dir = models_dir / ("backbone" if domain is None else f"domains/{validate_name(domain)}")
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no config.json (was this stage trained?)")
+    config = _read_json(model_dir / "config.json")
+    data = config.get("data") or {}
+    if domain is None:  # the backbone records one source per pre-training domain
+        data = next((v for v in data.values() if isinstance(v, Mapping)), {})
+    versions = {"models": models_dir.name}
+    versions.update({k: v for k, v in data.items() if k in ("clean", "codes", "embeddings") and v})
+    stage = "pretrain" if domain is None else f"finetune-{domain}"
+    with stage_run(
+        lake, pipeline_run_id, stage, domain=domain, data_versions=versions, experiment=experiment
+    ) as run:
+        log_model_dir(model_dir)
+        if domain is not None and versions.get("clean"):
+            try:
+                log_quality_report(resolve_version(lake, "clean", versions["clean"]), domain)
+            except LakeError:
+                pass  # the clean version was swept: the model still logs
+        return run.info.run_id
