@@ -40,6 +40,10 @@ class RunPlan:
     logical_date: str | None = None
     run_id: str = ""
     hyper: dict[str, Any] = field(default_factory=dict)
+    layout: str = "auto"
+    # New-domain runs: the champion's models and codes versions they build on (no retrain).
+    backbone_version: str | None = None
+    frozen_codes_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,3 +121,306 @@ def plan_run(params: dict[str, Any], logical_date: str | None = None, run_id: st
 
 def dump_plan(plan: RunPlan) -> str:
     return json.dumps(plan.to_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages of a run. Each takes the plan (a dict, as it travels through XCom) and returns a
+# small JSON-able summary. Spark stages (clean, encode) run through spark-submit in the DAG.
+
+
+def _plan(plan: RunPlan | dict[str, Any]) -> RunPlan:
+    return plan if isinstance(plan, RunPlan) else RunPlan.from_dict(plan)
+
+
+def _hyper(plan: RunPlan, section: str) -> dict[str, Any]:
+    value = plan.hyper.get(section) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"hyper.{section} must be an object, not {value!r}")
+    return dict(value)
+
+
+def _data_versions(plan: RunPlan) -> dict[str, str]:
+    return {stage: plan.version for stage in ("clean", "embeddings", "codes", "models")}
+
+
+def publish_clean_assets(plan: RunPlan | dict[str, Any], outlet_events: Any = None) -> list[str]:
+    """Announce each cleaned domain as an asset event (URIs ``vqrec://clean/<domain>``).
+
+    ``outlet_events`` is Airflow's accessor; without it (tests, CLI) the URIs are only
+    returned. The events carry the lake version, so a consumer DAG reads exactly it.
+    """
+    from vqrec.lake import read_success, resolve_version
+
+    p = _plan(plan)
+    clean = resolve_version(p.lake, "clean", p.version)
+    reports = read_success(clean).get("reports", {})
+    uris = []
+    for domain in p.domains:
+        uri = f"vqrec://clean/{domain}"
+        uris.append(uri)
+        if outlet_events is not None:
+            from airflow.sdk import Asset, AssetAlias
+
+            from vqrec.airflow_support import CLEAN_ALIAS
+
+            extra = {"lake": p.lake, "version": p.version, "domain": domain}
+            summary = reports.get(domain) or {}
+            extra.update({k: summary[k] for k in ("users", "items", "kept") if k in summary})
+            outlet_events[AssetAlias(CLEAN_ALIAS)].add(Asset(uri), extra=extra)
+    return uris
+
+
+def run_codes(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+    """Fit the pre-training quantizer (strict, joint) and code every domain of the run."""
+    from vqrec import tracking
+    from vqrec.lake import resolve_version
+    from vqrec.quantize import CodesConfig
+    from vqrec.quantize import run_codes as fit_and_assign
+
+    p = _plan(plan)
+    opts = _hyper(p, "codes")
+    targets = sorted(set(p.target_domains) - set(p.pretrain_domains))
+    config = CodesConfig(
+        pretrain_domains=tuple(p.pretrain_domains),
+        target_domains=tuple(targets),
+        strategy=p.code_strategy,
+        lake=p.lake,
+        version=p.version,
+        embeddings_version=p.version,
+        clean_version=p.version,
+        **opts,
+    )
+    with tracking.stage_run(
+        p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
+    ):
+        result = fit_and_assign(config)
+        tracking.log_params(config, prefix="codes.")
+        tracking.log_codes(resolve_version(p.lake, "codes", p.version))
+    return {"version": p.version, "domains": sorted(result.get("stats", {}))}
+
+
+def _train_configs(plan: RunPlan, section: str, **fixed: Any):
+    """(TrainConfig, ModelConfig) from the plan's hyper-parameters for one training stage."""
+    from vqrec.model import ModelConfig
+    from vqrec.train import TrainConfig
+
+    train = {"progress": False, **_hyper(plan, section), **fixed}
+    return TrainConfig(**train), ModelConfig(**_hyper(plan, "model"))
+
+
+def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+    """Pre-train the shared backbone on the plan's pre-training domains -> models/<v>/backbone."""
+    from vqrec import tracking
+    from vqrec.train import pretrain_to_lake
+
+    p = _plan(plan)
+    cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
+    with tracking.stage_run(
+        p.lake, p.run_id or p.version, "pretrain", data_versions=_data_versions(p)
+    ):
+        tracking.log_params({"train": cfg, "model": model_cfg})
+        out = pretrain_to_lake(
+            p.lake,
+            p.version,
+            p.pretrain_domains,
+            cfg,
+            model_cfg,
+            clean_version=p.version,
+            codes_version=p.version,
+            resume=True,
+        )
+        tracking.log_model_dir(out)
+    return {"version": p.version, "path": str(out)}
+
+
+def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
+    """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
+    from vqrec import tracking
+    from vqrec.train import finetune_to_lake
+
+    p = _plan(plan)
+    domain = validate_name(domain, "domain")
+    opts = _hyper(p, "finetune")
+    mode = opts.pop("mode", "transfer")
+    section_plan = dataclasses.replace(p, hyper={**p.hyper, "finetune": opts})
+    cfg, model_cfg = _train_configs(section_plan, "finetune", mode=mode)
+    with tracking.stage_run(
+        p.lake,
+        p.run_id or p.version,
+        f"finetune-{domain}",
+        domain=domain,
+        data_versions=_data_versions(p),
+    ):
+        tracking.log_params({"train": cfg, "model": model_cfg})
+        out = finetune_to_lake(
+            p.lake,
+            p.version,
+            domain,
+            cfg,
+            model_cfg,
+            backbone_version=p.backbone_version or p.version,
+            clean_version=p.version,
+            codes_version=p.version,
+            resume=True,
+        )
+        test = tracking.log_model_dir(out)
+    return {"domain": domain, "version": p.version, "path": str(out), "test": test}
+
+
+def collect_results(plan: RunPlan | dict[str, Any], results: list[dict[str, Any] | None]) -> dict:
+    """Per-domain test metrics of the run; domains whose fine-tune failed are listed apart."""
+    p = _plan(plan)
+    done = {r["domain"]: r for r in results if r}
+    failed = sorted(set(p.target_domains) - set(done))
+    summary = {
+        "version": p.version,
+        "domains": {d: done[d]["test"] for d in sorted(done)},
+        "failed": failed,
+    }
+    for domain, test in summary["domains"].items():
+        log.info("%s test: %s", domain, json.dumps(test, sort_keys=True))
+    if failed:
+        log.warning("fine-tune failed for %s: registering the others", failed)
+    if not done:
+        raise RuntimeError(f"no domain finished fine-tuning (failed: {failed})")
+    return summary
+
+
+def register_run(
+    plan: RunPlan | dict[str, Any], summary: dict[str, Any], backbone: bool = True
+) -> dict[str, Any]:
+    """Register the backbone (optional) and each finished domain; promote the not-worse ones."""
+    from vqrec import registry, tracking
+
+    p = _plan(plan)
+    tolerance = float(p.hyper.get("promotion_tolerance", 0.0))
+    key = p.run_id or p.version
+    versions = {"clean_version": p.version, "codes_version": p.version}
+    out: dict[str, Any] = {"domains": {}}
+    if backbone:
+        out["backbone"] = registry.register_backbone(
+            p.lake, p.version, key, tolerance=tolerance, **versions
+        )
+    for domain in sorted(summary["domains"]):
+        out["domains"][domain] = registry.register_domain(
+            p.lake,
+            domain,
+            p.version,
+            key,
+            tolerance=tolerance,
+            embeddings_version=p.version,
+            **versions,
+        )
+    tracking.end_pipeline_run(p.lake, key, status="FAILED" if summary.get("failed") else "FINISHED")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The new-domain backfill: one domain on the champion backbone, no backbone retrain.
+
+
+def landing_event_params(events: Any) -> dict[str, Any]:
+    """Params carried by the newest ``vqrec://raw/landed`` asset event, if the run has one.
+
+    A producer announces a landed domain with ``extra={"domain": ..., "raw_path": ...}``
+    (optionally ``layout``); a manual run has no events and keeps its form's params.
+    """
+    if not events:
+        return {}
+    newest: dict[str, Any] = {}
+    for _asset, asset_events in dict(events).items():
+        for event in asset_events:
+            extra = dict(getattr(event, "extra", None) or {})
+            if extra.get("domain") and extra.get("raw_path"):
+                newest = {k: extra[k] for k in ("domain", "raw_path", "layout") if k in extra}
+    return newest
+
+
+def champion_backbone(lake: str) -> dict[str, str]:
+    """The lake versions (models, codes) behind ``vqrec-backbone@champion``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from vqrec import registry, tracking
+
+    tracking.setup_tracking(lake)
+    try:
+        mv = MlflowClient().get_model_version_by_alias(registry.BACKBONE_MODEL, registry.CHAMPION)
+    except MlflowException as exc:
+        raise RuntimeError(
+            f"no {registry.BACKBONE_MODEL}@{registry.CHAMPION} in the MLflow store of {lake}: "
+            "run vqrec_nightly first (a new domain is fine-tuned on the champion backbone)"
+        ) from exc
+    tags = mv.tags or {}
+    models = tags.get(registry.TAG_MODEL_VERSION)
+    codes = tags.get("vqrec.data.codes")
+    if not models or not codes:
+        raise RuntimeError(f"{registry.BACKBONE_MODEL} v{mv.version} lacks its lake version tags")
+    return {"models": models, "codes": codes, "registered_version": str(mv.version)}
+
+
+def plan_new_domain(
+    params: dict[str, Any], logical_date: str | None = None, run_id: str = ""
+) -> RunPlan:
+    """Validate a new-domain request and pin the champion backbone it builds on."""
+    domain = validate_name(str(params.get("domain") or ""), "domain")
+    raw = Path(str(params.get("raw_path") or ""))
+    if not raw.is_dir():
+        raise FileNotFoundError(f"raw_path {str(raw)!r} is not a folder")
+    if raw.name != domain:
+        raise ValueError(
+            f"raw_path {raw} must be the domain's own folder, named {domain!r} "
+            "(a domain is a folder; its name is the domain id)"
+        )
+    layout = params.get("layout", "auto")
+    if layout not in {"auto", "amazon", "generic"}:
+        raise ValueError(f"layout must be auto, amazon or generic, not {layout!r}")
+    strategy = params.get("code_strategy", "shared")
+    if strategy not in {"shared", "domain"}:
+        raise ValueError(f"code_strategy must be 'shared' or 'domain', not {strategy!r}")
+    lake = str(lake_root(params.get("lake")))
+    champion = champion_backbone(lake)
+    version = validate_name(f"{domain}-{version_for(logical_date, run_id)}"[:128], "version")
+    return RunPlan(
+        lake=lake,
+        raw_root=str(raw.resolve()),
+        version=version,
+        domains=[domain],
+        pretrain_domains=[],
+        target_domains=[domain],
+        code_strategy=strategy,
+        logical_date=logical_date,
+        run_id=run_id,
+        hyper=dict(params.get("hyper") or {}),
+        layout=layout,
+        backbone_version=champion["models"],
+        frozen_codes_version=champion["codes"],
+    )
+
+
+def run_new_domain_codes(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+    """Code the new domain with the champion's frozen quantizer (shared) or its own (domain)."""
+    from vqrec import tracking
+    from vqrec.lake import resolve_version
+    from vqrec.quantize import CodesConfig
+    from vqrec.quantize import run_codes as fit_and_assign
+
+    p = _plan(plan)
+    config = CodesConfig(
+        pretrain_domains=(),
+        target_domains=tuple(p.target_domains),
+        strategy=p.code_strategy,
+        lake=p.lake,
+        version=p.version,
+        embeddings_version=p.version,
+        clean_version=p.version,
+        frozen_from=p.frozen_codes_version,
+        **_hyper(p, "codes"),
+    )
+    with tracking.stage_run(
+        p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
+    ):
+        result = fit_and_assign(config)
+        tracking.log_params(config, prefix="codes.")
+        tracking.log_codes(resolve_version(p.lake, "codes", p.version))
+    return {"version": p.version, "quantizer_of_domain": result["quantizer_of_domain"]}

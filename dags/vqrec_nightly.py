@@ -1,0 +1,152 @@
+"""vqrec_nightly: clean -> encode -> codes -> pretrain -> finetune per domain -> evaluate -> register.
+
+Thin wiring only: the work is vqrec.pipeline (tested on its own) and the Spark jobs in jobs/.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Param, dag, task
+
+from vqrec import pipeline
+from vqrec.airflow_support import (
+    DEFAULT_PARAMS,
+    GPU_POOL,
+    GPU_QUEUE,
+    JOBS_DIR,
+    plan_xcom,
+    spark_env,
+)
+
+DOC = """
+### VQ-Rec nightly retrain
+
+Cleans every domain of the raw snapshot of the run's date (Spark), encodes item text
+(Spark + sentence-transformers, cached), fits OPQ codes (faiss), pre-trains the shared
+backbone on `pretrain_domains`, fine-tunes one lookup table per target domain (one mapped
+task each, so one domain's failure keeps the others), evaluates (full ranking) and
+registers `vqrec-backbone` and `vqrec-<domain>` in MLflow as *challenger*, promoting to
+*champion* only when test NDCG@10 is not worse.
+
+Every task writes the lake version of the run's logical date: re-running a date replaces
+that date's outputs with identical data; backfills (`airflow backfill create`) each write
+their own date. GPU steps run in pool/queue `gpu`.
+"""
+
+
+@dag(
+    dag_id="vqrec_nightly",
+    schedule=os.environ.get("VQREC_NIGHTLY_CRON", "0 2 * * *"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["vqrec"],
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    params={
+        "raw_root": Param(DEFAULT_PARAMS["raw_root"], type="string",
+                          description="Raw data root: domain folders, or dt=YYYY-MM-DD snapshots of them"),
+        "lake": Param(DEFAULT_PARAMS["lake"], type="string", description="Lake root"),
+        "domains": Param(DEFAULT_PARAMS["domains"], type="array",
+                         description="Domains to clean and encode (empty: every folder)"),
+        "pretrain_domains": Param(DEFAULT_PARAMS["pretrain_domains"], type="array"),
+        "target_domains": Param(DEFAULT_PARAMS["target_domains"], type="array",
+                                description="Domains that get a lookup table (empty: pretrain_domains)"),
+        "code_strategy": Param(DEFAULT_PARAMS["code_strategy"], enum=["shared", "domain"]),
+        "hyper": Param(DEFAULT_PARAMS["hyper"], type="object",
+                       description="Training hyper-parameters (epochs, batch_size, ...)"),
+    },
+)
+def vqrec_nightly():
+    @task
+    def plan(params=None, logical_date=None, run_id=None) -> dict:
+        """Validate params, pick the raw snapshot and the run's lake version."""
+        date = logical_date.isoformat() if logical_date else None
+        return pipeline.plan_run(params, logical_date=date, run_id=run_id).to_dict()
+
+    the_plan = plan()
+
+    clean = SparkSubmitOperator(
+        task_id="clean",
+        doc_md="Spark: raw logs -> deduplicated, k-cored interactions, leave-one-out splits, "
+        "item text, quarantine and quality report (jobs/clean.py).",
+        application=str(JOBS_DIR / "clean.py"),
+        conn_id="spark_default",
+        application_args=[
+            "--raw-root", plan_xcom("raw_root"),
+            "--domains", plan_xcom("domains", join=True),
+            "--lake", plan_xcom("lake"),
+            "--version", plan_xcom("version"),
+        ],
+        env_vars=spark_env(),
+        name="vqrec-clean",
+    )
+    encode = SparkSubmitOperator(
+        task_id="encode",
+        doc_md="Spark + sentence-transformers: item text -> embeddings, cached by text hash "
+        "(jobs/encode.py).",
+        application=str(JOBS_DIR / "encode.py"),
+        conn_id="spark_default",
+        application_args=[
+            "--lake", plan_xcom("lake"),
+            "--version", plan_xcom("version"),
+            "--clean-version", plan_xcom("version"),
+        ],
+        env_vars=spark_env(),
+        name="vqrec-encode",
+    )
+
+    @task
+    def publish_clean_assets(plan: dict, *, outlet_events=None) -> list[str]:
+        """Emit one asset event per cleaned domain (see docs/ORCHESTRATION.md)."""
+        return pipeline.publish_clean_assets(plan, outlet_events)
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    def codes(plan: dict) -> dict:
+        """faiss OPQ: fit the pre-training quantizer (strict) and code every domain."""
+        return pipeline.run_codes(plan)
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=6))
+    def pretrain(plan: dict, codes_info: dict) -> dict:
+        """Pre-train the shared backbone on the pre-training domains (contrastive)."""
+        return pipeline.run_pretrain(plan)
+
+    @task
+    def targets(plan: dict) -> list[str]:
+        return plan["target_domains"]
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=3))
+    def finetune(domain: str, plan: dict, backbone: dict) -> dict:
+        """Transfer the frozen backbone to one domain: learn its code permutation, then
+        fine-tune its lookup table; early-stopped on valid NDCG@10, tested on test."""
+        return pipeline.run_finetune(plan, domain)
+
+    @task(trigger_rule="all_done")
+    def evaluate(plan: dict, results: list[dict]) -> dict:
+        """Collect the per-domain test metrics (domains whose fine-tune failed are listed)."""
+        return pipeline.collect_results(plan, list(results))
+
+    @task
+    def register(plan: dict, summary: dict) -> dict:
+        """MLflow: log the run, register challengers, promote champions that are not worse."""
+        return pipeline.register_run(plan, summary)
+
+    codes_info = codes(the_plan)
+    backbone = pretrain(the_plan, codes_info)
+    tuned = finetune.partial(plan=the_plan, backbone=backbone).expand(domain=targets(the_plan))
+    summary = evaluate(the_plan, tuned)
+    the_plan >> clean >> [encode, publish_clean_assets(the_plan)]
+    encode >> codes_info
+    register(the_plan, summary)
+
+
+vqrec_nightly()
