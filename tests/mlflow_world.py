@@ -80,6 +80,17 @@ def build_data(lake: Path, version: str = "v1", seed: int = 0) -> dict:
             "ts": pa.array([1_600_000_000 + 60 * r[2] for r in rows], pa.int64()),
             "pos": pa.array([r[2] for r in rows], pa.int32()),
         })  # fmt: skip
+        # Leave-one-out splits as the clean stage writes them (docs/ARCHITECTURE.md).
+        seq_rows = [("train", u, s[max(0, t - 50) : t], s[t])
+                    for u, s in enumerate(users) for t in range(1, len(s) - 2)]  # fmt: skip
+        seq_rows += [("valid", u, s[:-2][-50:], s[-2]) for u, s in enumerate(users)]
+        seq_rows += [("test", u, s[:-1][-50:], s[-1]) for u, s in enumerate(users)]
+        _write(out / "sequences" / f"domain={DOMAIN}", {
+            "split": [r[0] for r in seq_rows],
+            "user_idx": pa.array([r[1] for r in seq_rows], pa.int32()),
+            "history": pa.array([r[2] for r in seq_rows], pa.list_(pa.int32())),
+            "target": pa.array([r[3] for r in seq_rows], pa.int32()),
+        })  # fmt: skip
         (out / "reports").mkdir()
         report = {"rows_in": len(rows), "kept": len(rows), "users": len(users), "items": n}
         (out / "reports" / f"{DOMAIN}.json").write_text(json.dumps(report))

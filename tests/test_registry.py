@@ -220,3 +220,36 @@ def test_backbone_ranks_only_the_new_items_it_is_given(world):
         scores = full.score(seq, emb)[0].numpy()
     order = np.argsort(-scores, kind="stable")[:10]
     assert list(out.loc[0, "item_ids"]) == [f"X{i}" for i in order]
+
+
+def test_real_trainer_output_registers_with_its_epoch_history(world, registered):
+    """vqrec.train's own pretrain/finetune outputs (not the test's tiny loop) register."""
+    from vqrec import train
+
+    lake = world["lake"]
+    small = json.dumps({"hidden": 32, "inner": 64, "layers": 1, "heads": 1, "max_len": 10,
+                        "code_dim": world["data"]["codes"].shape[1]})  # fmt: skip
+    common = ["--lake", str(lake), "--version", "real", "--epochs", "2", "--batch-size", "256",
+              "--no-progress", "--device", "cpu", "--model-config", small]  # fmt: skip
+    train.main_pretrain([*common, "--domains", DOMAIN])
+    train.main_finetune([*common, "--domain", DOMAIN, "--permutation-epochs", "1"])
+    client = MlflowClient()
+    champion_before = client.get_model_version_by_alias(NAME, "champion")
+    champion_value = float(champion_before.tags["vqrec.metric.test_ndcg_at_10"])
+
+    results = registry.register_all(lake, "real", pipeline_run_id="run-real")
+    by_name = {r["name"]: r for r in results}
+    assert set(by_name) == {registry.BACKBONE_MODEL, NAME}
+    domain = by_name[NAME]["promotion"]
+    metrics = json.loads(
+        (resolve_version(lake, "models", "real") / "domains" / DOMAIN / "metrics.json").read_text()
+    )
+    assert domain["challenger_value"] == pytest.approx(metrics["test"]["ndcg@10"])
+    assert domain["promoted"] == (domain["challenger_value"] >= champion_value)
+
+    run_id = client.get_model_version(NAME, by_name[NAME]["version"]).run_id
+    run = client.get_run(run_id)
+    assert run.data.params["train.mode"] == "transfer"
+    # Both phases of the transfer are in the run: permutation epochs and table epochs.
+    assert len(client.get_metric_history(run_id, "permutation_loss")) == 1
+    assert len(client.get_metric_history(run_id, "loss")) >= 1
