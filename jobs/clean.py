@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -582,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RawInputError) as err:
         print(f"vqrec clean: error: {err}", file=sys.stderr)
         return 2
+    except (PySparkException, Py4JJavaError) as err:
+        # An unreadable file (corrupt gzip, permissions): Spark's message names the path;
+        # the temp version was removed and CURRENT is untouched.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"vqrec clean: Spark failed, nothing committed: {first}", file=sys.stderr)
+        return 1
     finally:
         if owned:
             spark.stop()
