@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vqrec.data import SPLITS, DomainData, read_reference_domain  # noqa: E402
-from vqrec.lake import resolve_version, staged_version  # noqa: E402
+from vqrec.lake import LakeError, resolve_version, staged_version  # noqa: E402
 
 SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WORK = ROOT / "var" / "realdata"
@@ -93,6 +93,8 @@ def prepare() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     domains = {d: read_reference_domain(SHARED / d / "reference", d) for d in PRETRAIN + (TARGET,)}
+    if _committed("codes", "ref-domain"):
+        return _shared_codes()
     with staged_version(LAKE, "clean", "reference", {"source": str(SHARED)}) as out:
         for name, data in domains.items():
             folder = out / "sequences" / f"domain={name}"
@@ -138,13 +140,31 @@ def prepare() -> None:
         )
     )
     print(f"codes ref-domain in {time.time() - t0:.0f} s", json.dumps(summary["stats"])[:400])
+    _shared_codes()
+
+
+def _committed(stage: str, version: str) -> bool:
+    try:
+        resolve_version(LAKE, stage, version)
+        return True
+    except LakeError:
+        return False
+
+
+def _shared_codes() -> None:
+    """codes/ref-shared: every domain coded by the frozen pre-training quantizer."""
+    from vqrec.quantize import CodesConfig, run_codes
+
+    if _committed("codes", "ref-shared"):
+        return
+    common = {"lake": str(LAKE), "embeddings_version": "reference", "clean_version": "reference"}
     summary = run_codes(
         CodesConfig(
             pretrain_domains=(),
             target_domains=PRETRAIN + (TARGET,),
             strategy="shared",
             version="ref-shared",
-            pretrain_quantizer_from="ref-domain",
+            frozen_from="ref-domain",
             **common,
         )
     )
@@ -194,20 +214,23 @@ def run(args: argparse.Namespace) -> None:
 
     common = ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress"]
     common += ["--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    common += ["--targets", args.targets] + (["--amp"] if args.amp else [])
     backbone = "real-backbone"
+    names = [n for n in ROWS if not args.rows or n in args.rows.split(";")]
+    needs_backbone = any("scratch" not in ROWS[n][0] for n in names)
     try:
         resolve_version(LAKE, "models", backbone)
-    except Exception:
-        t0 = time.time()
-        main_pretrain(
-            common
-            + ["--version", backbone, "--codes-version", "ref-domain"]
-            + ["--domains", ",".join(PRETRAIN), "--resume", "--valid-rows", "5000"]
-            + ["--epochs", str(args.pretrain_epochs), "--patience", "5"]
-            + ["--time-budget-min", str(args.pretrain_budget_min)]
-        )
-        print(f"pre-training took {time.time() - t0:.0f} s", flush=True)
-    names = [n for n in ROWS if not args.rows or n in args.rows.split(";")]
+    except LakeError:
+        if needs_backbone:
+            t0 = time.time()
+            main_pretrain(
+                common
+                + ["--version", backbone, "--codes-version", "ref-domain"]
+                + ["--domains", ",".join(PRETRAIN), "--resume", "--valid-rows", "2000"]
+                + ["--epochs", str(args.pretrain_epochs), "--patience", "5"]
+                + ["--time-budget-min", str(args.pretrain_budget_min)]
+            )
+            print(f"pre-training took {time.time() - t0:.0f} s", flush=True)
     for name in names:
         if name in _done():
             continue
@@ -235,6 +258,9 @@ def run(args: argparse.Namespace) -> None:
             "epochs": len(train_epochs),
             "seconds": round(time.time() - t0, 1),
             "seq_per_s": float(np.median([h["seq_per_s"] for h in train_epochs])),
+            "stopped_by": metrics.get("stopped_by"),
+            "targets": args.targets,
+            "amp": args.amp,
         }
         with open(RESULTS, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -268,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=300)
     parser.add_argument("--pretrain-budget-min", type=float, default=40.0)
     parser.add_argument("--row-budget-min", type=float, default=10.0)
+    parser.add_argument("--targets", default="all", choices=["last", "all"])
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for training")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -527,6 +527,8 @@ def build_domain_model(
         if backbone is None:
             raise ValueError(f"mode {cfg.mode!r} needs a pre-trained backbone")
         model_cfg = dataclasses.replace(backbone.config)
+    if cfg.mode == "scratch" and model_cfg.item_encoder == "vq" and data.codes is not None:
+        model_cfg = dataclasses.replace(model_cfg, code_dim=int(data.codes.shape[1]))
     model = VQRec(model_cfg)
     enc = model_cfg.item_encoder
     if enc == "vq":
