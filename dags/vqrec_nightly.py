@@ -1,4 +1,4 @@
-"""vqrec_nightly: clean -> encode -> codes -> pretrain -> finetune per domain -> evaluate -> register.
+"""vqrec_nightly: clean, encode, codes, pretrain, finetune per domain, evaluate, register.
 
 Thin wiring only: the work is vqrec.pipeline (tested on its own) and the Spark jobs in jobs/.
 """
@@ -10,10 +10,11 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetAlias, Param, dag, task
 
 from vqrec import pipeline
 from vqrec.airflow_support import (
+    CLEAN_ALIAS,
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,
@@ -53,17 +54,29 @@ their own date. GPU steps run in pool/queue `gpu`.
         "max_retry_delay": timedelta(minutes=10),
     },
     params={
-        "raw_root": Param(DEFAULT_PARAMS["raw_root"], type="string",
-                          description="Raw data root: domain folders, or dt=YYYY-MM-DD snapshots of them"),
+        "raw_root": Param(
+            DEFAULT_PARAMS["raw_root"],
+            type="string",
+            description="Raw data root: domain folders, or dt=YYYY-MM-DD snapshots of them",
+        ),
         "lake": Param(DEFAULT_PARAMS["lake"], type="string", description="Lake root"),
-        "domains": Param(DEFAULT_PARAMS["domains"], type="array",
-                         description="Domains to clean and encode (empty: every folder)"),
+        "domains": Param(
+            DEFAULT_PARAMS["domains"],
+            type="array",
+            description="Domains to clean and encode (empty: every folder)",
+        ),
         "pretrain_domains": Param(DEFAULT_PARAMS["pretrain_domains"], type="array"),
-        "target_domains": Param(DEFAULT_PARAMS["target_domains"], type="array",
-                                description="Domains that get a lookup table (empty: pretrain_domains)"),
+        "target_domains": Param(
+            DEFAULT_PARAMS["target_domains"],
+            type="array",
+            description="Domains that get a lookup table (empty: pretrain_domains)",
+        ),
         "code_strategy": Param(DEFAULT_PARAMS["code_strategy"], enum=["shared", "domain"]),
-        "hyper": Param(DEFAULT_PARAMS["hyper"], type="object",
-                       description="Training hyper-parameters (epochs, batch_size, ...)"),
+        "hyper": Param(
+            DEFAULT_PARAMS["hyper"],
+            type="object",
+            description="Training hyper-parameters (epochs, batch_size, ...)",
+        ),
     },
 )
 def vqrec_nightly():
@@ -82,10 +95,14 @@ def vqrec_nightly():
         application=str(JOBS_DIR / "clean.py"),
         conn_id="spark_default",
         application_args=[
-            "--raw-root", plan_xcom("raw_root"),
-            "--domains", plan_xcom("domains", join=True),
-            "--lake", plan_xcom("lake"),
-            "--version", plan_xcom("version"),
+            "--raw-root",
+            plan_xcom("raw_root"),
+            "--domains",
+            plan_xcom("domains", join=True),
+            "--lake",
+            plan_xcom("lake"),
+            "--version",
+            plan_xcom("version"),
         ],
         env_vars=spark_env(),
         name="vqrec-clean",
@@ -97,15 +114,18 @@ def vqrec_nightly():
         application=str(JOBS_DIR / "encode.py"),
         conn_id="spark_default",
         application_args=[
-            "--lake", plan_xcom("lake"),
-            "--version", plan_xcom("version"),
-            "--clean-version", plan_xcom("version"),
+            "--lake",
+            plan_xcom("lake"),
+            "--version",
+            plan_xcom("version"),
+            "--clean-version",
+            plan_xcom("version"),
         ],
         env_vars=spark_env(),
         name="vqrec-encode",
     )
 
-    @task
+    @task(outlets=[AssetAlias(CLEAN_ALIAS)])
     def publish_clean_assets(plan: dict, *, outlet_events=None) -> list[str]:
         """Emit one asset event per cleaned domain (see docs/ORCHESTRATION.md)."""
         return pipeline.publish_clean_assets(plan, outlet_events)

@@ -4,6 +4,12 @@ _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$_repo/.venv/bin:$PATH"
 export VQREC_LAKE="${VQREC_LAKE:-$_repo/var/lake}"
 export VQREC_RAW_ROOT="${VQREC_RAW_ROOT:-$_repo/var/demo/raw}"
+# The demo's domains (vqrec demo): Toys is held out for the new-domain backfill.
+export VQREC_DOMAINS="${VQREC_DOMAINS:-Arts,Garden,Kitchen}"
+export VQREC_PRETRAIN_DOMAINS="${VQREC_PRETRAIN_DOMAINS:-Arts,Garden}"
+export VQREC_TARGET_DOMAINS="${VQREC_TARGET_DOMAINS:-Arts,Garden,Kitchen}"
+# Demo-sized training (a few minutes on 2 CPU cores); unset for the paper's defaults.
+export VQREC_HYPER="${VQREC_HYPER-{\"pretrain\": {\"epochs\": 6, \"batch_size\": 512, \"patience\": 3}, \"finetune\": {\"epochs\": 12, \"batch_size\": 512, \"patience\": 4, \"permutation_epochs\": 2}}}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$_repo/var/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_repo/dags}"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
