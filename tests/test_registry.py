@@ -197,8 +197,13 @@ def test_tolerance_lets_a_slightly_worse_challenger_through(world, registered):
 
 def test_backbone_ranks_only_the_new_items_it_is_given(world):
     lake = world["lake"]
-    result = registry.register_backbone(lake, "trained", pipeline_run_id="run-trained")
+    result = registry.register_backbone(
+        lake, "trained", pipeline_run_id="run-trained", clean_version="v1", codes_version="v1"
+    )
     assert result["promotion"]["promoted"]
+    tags = MlflowClient().get_model_version(registry.BACKBONE_MODEL, result["version"]).tags
+    # What the new-domain backfill reads to find the champion backbone's lake versions.
+    assert tags[registry.TAG_MODEL_VERSION] == "trained" and tags["vqrec.data.codes"] == "v1"
     model = mlflow.pyfunc.load_model(f"models:/{registry.BACKBONE_MODEL}@champion")
     texts = world["data"]["texts"]
     catalogue = [{"item_id": f"X{i}", "text": t} for i, t in enumerate(texts[:40])]

@@ -486,8 +486,12 @@ def build_backbone_bundle(
     model_version: str | None = None,
     codes_version: str | None = None,
     embeddings_version: str | None = None,
+    clean_version: str | None = None,
 ) -> Bundle:
-    """Stage ``vqrec-backbone``: pre-trained model (Transformer + code table) + its quantizer."""
+    """Stage ``vqrec-backbone``: pre-trained model (Transformer + code table) + its quantizer.
+
+    ``clean_version`` is only recorded (the backbone serves no catalogue of its own).
+    """
     models_dir = resolve_version(lake, "models", model_version)
     model_dir = models_dir / "backbone"
     if not (model_dir / "model.safetensors").exists():
@@ -506,6 +510,7 @@ def build_backbone_bundle(
         "kind": "backbone",
         "catalogue": False,
         "model_version": models_dir.name,
+        **({"clean_version": clean_version} if clean_version else {}),
         "codes_version": codes_dir.name,
         "quantizer": "pretrain",
         "content_sha1": _sha1(out / "model.safetensors"),
