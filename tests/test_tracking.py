@@ -64,6 +64,7 @@ def test_flatten_params_keeps_config_and_drops_secrets():
     assert params["aws.region"] == "eu-west-1"
     assert params["monkey_count"] == "3"  # 'key' is a word, not a substring
     assert params["scores_at_10"] == "[0.1]"
+    assert tracking.flatten_params({"lr": 1}, prefix="codes.") == {"codes.lr": "1"}
     joined = json.dumps(params)
     for secret in ("hunter2", "AKIA", "t0k3n"):
         assert secret not in joined

@@ -136,6 +136,7 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
     Keys that look like secrets are dropped, at any depth. Values are truncated to MLflow's
     limit. Lists of scalars stay one value (``[1, 2]``), lists of configs are indexed.
     """
+    prefix = prefix.rstrip(".")  # callers may pass "codes." or "codes"
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     out: dict[str, str] = {}
