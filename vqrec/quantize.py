@@ -173,6 +173,14 @@ def fit_quantizer(
             f"(and recommends {FAISS_MIN_POINTS_PER_CENTROID * n_centroids}); "
             "use fewer bits or more training items"
         )
+    if n <= d:
+        # faiss's OPQ fits a d x d rotation; with n <= d points it segfaults or aborts
+        # ("invalid cluster assignment") instead of raising: refuse first, clearly.
+        raise ValueError(
+            f"too few training points: {n} embeddings of dimension {d}; OPQ's {d}x{d} "
+            f"rotation needs more points than dimensions (n > {d}): use more training items "
+            "(e.g. the 'shared' strategy, which reuses the pre-training quantizer)"
+        )
     if n < FAISS_MIN_POINTS_PER_CENTROID * n_centroids:
         log.warning(
             "fitting on %d points for %d centroids per sub-vector: faiss recommends at least %d",
