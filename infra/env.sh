@@ -9,7 +9,8 @@ export VQREC_DOMAINS="${VQREC_DOMAINS:-Arts,Garden,Kitchen}"
 export VQREC_PRETRAIN_DOMAINS="${VQREC_PRETRAIN_DOMAINS:-Arts,Garden}"
 export VQREC_TARGET_DOMAINS="${VQREC_TARGET_DOMAINS:-Arts,Garden,Kitchen}"
 # Demo-sized training (a few minutes on 2 CPU cores); unset for the paper's defaults.
-export VQREC_HYPER="${VQREC_HYPER-{\"pretrain\": {\"epochs\": 6, \"batch_size\": 512, \"patience\": 3}, \"finetune\": {\"epochs\": 12, \"batch_size\": 512, \"patience\": 4, \"permutation_epochs\": 2}}}"
+_demo_hyper='{"pretrain": {"epochs": 6, "batch_size": 512, "patience": 3}, "finetune": {"epochs": 12, "batch_size": 512, "patience": 4, "permutation_epochs": 2}}'
+export VQREC_HYPER="${VQREC_HYPER-$_demo_hyper}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$_repo/var/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_repo/dags}"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -21,4 +22,4 @@ export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}"
 # One thread per process on small machines (STACK.md trap 4); raise on big GPU workers.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-unset _repo
+unset _repo _demo_hyper
