@@ -142,6 +142,7 @@ def vqrec_nightly():
 
     @task
     def targets(plan: dict) -> list[str]:
+        """The domains that get a lookup table: one mapped finetune task each."""
         return plan["target_domains"]
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=3))

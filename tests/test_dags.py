@@ -58,13 +58,48 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, timeout: int = 1200) ->
         pytest.fail(f"{' '.join(cmd[:4])} failed (rc {proc.returncode}); log {log}:\n{tail}")
 
 
-def test_dagbag_imports_and_shapes():
-    from airflow.dag_processing.dagbag import DagBag
+_SHAPE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=%r)
+out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
+for dag_id in ("vqrec_nightly", "vqrec_new_domain"):
+    dag = bag.get_dag(dag_id)
+    out["dags"][dag_id] = {
+        "doc": bool(dag.doc_md), "catchup": dag.catchup, "params": sorted(dag.params.keys()),
+        "tasks": {t.task_id: {"up": sorted(t.upstream_task_ids), "pool": t.pool, "queue": t.queue,
+                  "retries": t.retries, "rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)), "doc": bool(t.doc_md or t.doc)}
+                  for t in dag.tasks},
+    }
+print("SHAPE" + json.dumps(out))
+"""
 
-    bag = DagBag(dag_folder=str(ROOT / "dags"), include_examples=False)
-    assert bag.import_errors == {}
-    nightly = bag.get_dag("vqrec_nightly")
-    assert {t.task_id for t in nightly.tasks} == {
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    """A temp AIRFLOW_HOME with a migrated SQLite metadata DB and the gpu pool."""
+    base = tmp_path_factory.mktemp("airflow")
+    env = _airflow_env(base / "home", base / "lake", base / "raw")
+    _run(["bash", str(ROOT / "infra" / "airflow_init.sh")], env, base / "init.log")
+    return base, env
+
+
+def test_dagbag_imports_and_shapes(airflow_env):
+    base, env = airflow_env
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHAPE % str(ROOT / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("SHAPE")]
+    assert line, proc.stderr[-3000:]
+    shape = json.loads(line[-1][5:])
+    assert shape["errors"] == {}
+    nightly = shape["dags"]["vqrec_nightly"]
+    tasks = nightly["tasks"]
+    assert set(tasks) == {
         "plan",
         "clean",
         "encode",
@@ -76,20 +111,19 @@ def test_dagbag_imports_and_shapes():
         "evaluate",
         "register",
     }
-    up = {t.task_id: set(t.upstream_task_ids) for t in nightly.tasks}
-    assert up["clean"] == {"plan"} and up["encode"] == {"clean"}
-    assert "encode" in up["codes"] and "codes" in up["pretrain"]
-    assert {"pretrain", "targets"} <= up["finetune"] and "finetune" in up["evaluate"]
-    assert "evaluate" in up["register"]
+    assert tasks["clean"]["up"] == ["plan"] and tasks["encode"]["up"] == ["clean"]
+    assert "encode" in tasks["codes"]["up"] and "codes" in tasks["pretrain"]["up"]
+    assert {"pretrain", "targets"} <= set(tasks["finetune"]["up"])
+    assert "finetune" in tasks["evaluate"]["up"] and "evaluate" in tasks["register"]["up"]
     for tid in ("codes", "pretrain", "finetune"):
-        task = nightly.get_task(tid)
-        assert task.pool == "gpu" and task.queue == "gpu", tid
-    assert nightly.get_task("evaluate").trigger_rule == "all_done"
-    assert nightly.doc_md and nightly.catchup is False
-    assert nightly.get_task("finetune").retries >= 1
+        assert tasks[tid]["pool"] == "gpu" and tasks[tid]["queue"] == "gpu", tid
+    assert tasks["evaluate"]["rule"] == "all_done"
+    assert tasks["finetune"]["retries"] >= 1
+    assert nightly["doc"] and nightly["catchup"] is False
+    assert all(tasks[t]["doc"] for t in ("clean", "encode", "codes", "pretrain", "targets"))
 
-    new = bag.get_dag("vqrec_new_domain")
-    assert {t.task_id for t in new.tasks} == {
+    new = shape["dags"]["vqrec_new_domain"]
+    assert set(new["tasks"]) == {
         "plan",
         "clean",
         "encode",
@@ -98,8 +132,8 @@ def test_dagbag_imports_and_shapes():
         "evaluate",
         "register",
     }
-    assert {"domain", "raw_path", "layout"} <= set(new.params.keys())
-    assert "pretrain" not in {t.task_id for t in new.tasks}  # never retrains the backbone
+    assert {"domain", "raw_path", "layout"} <= set(new["params"])
+    assert "pretrain" not in new["tasks"]  # never retrains the backbone
 
 
 def _data_hashes(lake: Path, version: str) -> dict[str, str]:
@@ -114,13 +148,11 @@ def _data_hashes(lake: Path, version: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def nightly_world(tmp_path_factory):
+def nightly_world(airflow_env):
     """Demo data + one real `airflow dags test vqrec_nightly` run."""
-    base = tmp_path_factory.mktemp("airflow")
-    home, lake, raw = base / "home", base / "lake", base / "raw"
-    env = _airflow_env(home, lake, raw)
+    base, env = airflow_env
+    lake, raw = base / "lake", base / "raw"
     _run([str(VENV_BIN / "vqrec"), "demo", "--out", str(raw), "--seed", "0"], env, base / "d.log")
-    _run(["bash", str(ROOT / "infra" / "airflow_init.sh")], env, base / "init.log")
     _run([str(VENV_BIN / "airflow"), "dags", "test", "vqrec_nightly", DATE], env, base / "n1.log")
     return {"base": base, "env": env, "lake": lake, "raw": raw}
 
