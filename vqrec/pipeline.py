@@ -211,7 +211,6 @@ def _train_configs(plan: RunPlan, section: str, **fixed: Any):
 def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Pre-train the shared backbone on the plan's pre-training domains -> models/<v>/backbone."""
     from vqrec import tracking
-    from vqrec.train import pretrain_to_lake
 
     p = _plan(plan)
     cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
@@ -236,7 +235,6 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
     from vqrec import tracking
-    from vqrec.train import finetune_to_lake
 
     p = _plan(plan)
     domain = validate_name(domain, "domain")
@@ -424,3 +422,88 @@ def run_new_domain_codes(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
         tracking.log_params(config, prefix="codes.")
         tracking.log_codes(resolve_version(p.lake, "codes", p.version))
     return {"version": p.version, "quantizer_of_domain": result["quantizer_of_domain"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training stages that write the lake: the backbone is a version, each domain a part of it.
+
+
+def pretrain_to_lake(
+    lake: str,
+    version: str,
+    domains: list[str],
+    cfg: Any,
+    model_cfg: Any,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    resume: bool = True,
+) -> Path:
+    """Pre-train on ``domains`` and commit ``models/<version>/backbone`` (a new version).
+
+    Checkpoints every epoch under ``<lake>/checkpoints/<version>/backbone``: a retried task
+    resumes from its last finished epoch instead of starting over.
+    """
+    from vqrec.data import load_domain, merge_domains
+    from vqrec.lake import staged_version
+    from vqrec.train import pretrain, write_backbone
+
+    loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
+    data = merge_domains(loaded)
+    checkpoint = Path(lake) / "checkpoints" / version / "backbone" / "last.pt"
+    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume)
+    info = {"domains": list(domains), "offsets": data.offsets}
+    info["data"] = {d.name: d.source for d in loaded}
+    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
+        write_backbone(out, result, info)
+    return Path(lake) / "models" / version / "backbone"
+
+
+def finetune_to_lake(
+    lake: str,
+    version: str,
+    domain: str,
+    cfg: Any,
+    model_cfg: Any,
+    backbone_version: str | None,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    resume: bool = True,
+) -> Path:
+    """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
+
+    Parts commit independently (see vqrec.lake.staged_part), so the mapped fine-tune tasks
+    of one run never overwrite each other. A new-domain run has no backbone of its own: its
+    version is created with a pointer to the champion backbone it was tuned on.
+    """
+    from vqrec.data import load_domain
+    from vqrec.lake import LakeError, resolve_version, staged_part, staged_version
+    from vqrec.model import load_model
+    from vqrec.train import finetune, write_domain
+
+    backbone = None
+    if cfg.mode != "scratch":
+        backbone_dir = resolve_version(lake, "models", backbone_version) / "backbone"
+        backbone = load_model(backbone_dir / "model.safetensors")
+    data = load_domain(lake, domain, clean_version, codes_version)
+    checkpoint = Path(lake) / "checkpoints" / version / f"domain-{domain}" / "last.pt"
+    result = finetune(data, cfg, model_cfg, backbone, checkpoint, resume=resume)
+    try:
+        resolve_version(lake, "models", version)
+    except LakeError:
+        with staged_version(lake, "models", version, metadata={"part": "pointer"}) as out:
+            (out / "backbone.json").write_text(json.dumps({"backbone_version": backbone_version}))
+    info = {"domain": domain, "data": data.source, "backbone_version": backbone_version}
+    with staged_part(lake, "models", version, f"domains/{domain}") as out:
+        _write_domain_part(out, domain, result, info, write_domain)
+    return resolve_version(lake, "models", version) / "domains" / domain
+
+
+def _write_domain_part(out: Path, domain: str, result: Any, info: dict, write_domain: Any) -> None:
+    """write_domain() lays files out as <root>/domains/<d>/: write there, then lift them up."""
+    import shutil
+
+    staging = out / "_staging"
+    write_domain(staging, domain, result, info)
+    for f in (staging / "domains" / domain).iterdir():
+        shutil.move(str(f), out / f.name)
+    shutil.rmtree(staging)
