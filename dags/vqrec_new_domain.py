@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, Param, dag, task
 
 from vqrec import pipeline
@@ -16,10 +15,10 @@ from vqrec.airflow_support import (
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,
-    JOBS_DIR,
     RAW_LANDING_URI,
+    encode_job,
     plan_xcom,
-    spark_env,
+    spark_job,
 )
 
 DOC = """
@@ -72,12 +71,10 @@ def vqrec_new_domain():
         return pipeline.plan_new_domain({**params, **landed}, date, run_id).to_dict()
 
     the_plan = plan()
-    clean = SparkSubmitOperator(
-        task_id="clean",
-        doc_md="Spark: clean the new domain only (jobs/clean.py).",
-        application=str(JOBS_DIR / "clean.py"),
-        conn_id="spark_default",
-        application_args=[
+    clean = spark_job(
+        "clean",
+        "clean.py",
+        [
             "--raw",
             plan_xcom("raw_root"),
             "--layout",
@@ -87,30 +84,14 @@ def vqrec_new_domain():
             "--version",
             plan_xcom("version"),
         ],
-        env_vars=spark_env(),
-        name="vqrec-new-domain-clean",
+        "Spark: clean the new domain only (jobs/clean.py).",
     )
-    encode = SparkSubmitOperator(
-        task_id="encode",
-        doc_md="Spark: encode the new domain's item text, reusing the embedding cache.",
-        application=str(JOBS_DIR / "encode.py"),
-        conn_id="spark_default",
-        application_args=[
-            "--lake",
-            plan_xcom("lake"),
-            "--version",
-            plan_xcom("version"),
-            "--clean-version",
-            plan_xcom("version"),
-        ],
-        env_vars=spark_env(),
-        name="vqrec-new-domain-encode",
-    )
+    encode = encode_job("Spark: encode the new domain's item text, reusing the embedding cache.")
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
     def codes(plan: dict) -> dict:
         """Code the new domain's items with the champion's frozen quantizer (or its own)."""
-        return pipeline.run_new_domain_codes(plan)
+        return pipeline.code_new_domain(plan)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=3))
     def finetune(plan: dict, codes_info: dict) -> dict:

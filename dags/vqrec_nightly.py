@@ -9,7 +9,6 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import AssetAlias, Param, dag, task
 
 from vqrec import pipeline
@@ -18,9 +17,9 @@ from vqrec.airflow_support import (
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,
-    JOBS_DIR,
+    encode_job,
     plan_xcom,
-    spark_env,
+    spark_job,
 )
 
 DOC = """
@@ -88,13 +87,10 @@ def vqrec_nightly():
 
     the_plan = plan()
 
-    clean = SparkSubmitOperator(
-        task_id="clean",
-        doc_md="Spark: raw logs -> deduplicated, k-cored interactions, leave-one-out splits, "
-        "item text, quarantine and quality report (jobs/clean.py).",
-        application=str(JOBS_DIR / "clean.py"),
-        conn_id="spark_default",
-        application_args=[
+    clean = spark_job(
+        "clean",
+        "clean.py",
+        [
             "--raw-root",
             plan_xcom("raw_root"),
             "--domains",
@@ -104,25 +100,12 @@ def vqrec_nightly():
             "--version",
             plan_xcom("version"),
         ],
-        env_vars=spark_env(),
-        name="vqrec-clean",
+        "Spark: raw logs -> deduplicated, k-cored interactions, leave-one-out splits, "
+        "item text, quarantine and quality report (jobs/clean.py).",
     )
-    encode = SparkSubmitOperator(
-        task_id="encode",
-        doc_md="Spark + sentence-transformers: item text -> embeddings, cached by text hash "
-        "(jobs/encode.py).",
-        application=str(JOBS_DIR / "encode.py"),
-        conn_id="spark_default",
-        application_args=[
-            "--lake",
-            plan_xcom("lake"),
-            "--version",
-            plan_xcom("version"),
-            "--clean-version",
-            plan_xcom("version"),
-        ],
-        env_vars=spark_env(),
-        name="vqrec-encode",
+    encode = encode_job(
+        "Spark + sentence-transformers: item text -> embeddings, cached by text hash "
+        "(jobs/encode.py)."
     )
 
     @task(outlets=[AssetAlias(CLEAN_ALIAS)])
@@ -133,7 +116,7 @@ def vqrec_nightly():
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
     def codes(plan: dict) -> dict:
         """faiss OPQ: fit the pre-training quantizer (strict) and code every domain."""
-        return pipeline.run_codes(plan)
+        return pipeline.code_domains(plan)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=6))
     def pretrain(plan: dict, codes_info: dict) -> dict:

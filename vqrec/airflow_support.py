@@ -65,3 +65,26 @@ def spark_env() -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "PATH": os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")]),
     }
+
+
+def spark_job(task_id: str, script: str, args: list[str], doc_md: str):
+    """A spark-submit task for one of the jobs/ entry points, on connection spark_default."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    return SparkSubmitOperator(
+        task_id=task_id,
+        doc_md=doc_md,
+        application=str(JOBS_DIR / script),
+        conn_id="spark_default",
+        application_args=args,
+        env_vars=spark_env(),
+        name=f"vqrec-{task_id}",
+    )
+
+
+def encode_job(doc_md: str):
+    """The encode stage of a run: the run's clean version -> the run's embeddings version."""
+    args = ["--lake", plan_xcom("lake"), "--version", plan_xcom("version")]
+    return spark_job(
+        "encode", "encode.py", [*args, "--clean-version", plan_xcom("version")], doc_md
+    )

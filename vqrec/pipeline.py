@@ -170,33 +170,39 @@ def publish_clean_assets(plan: RunPlan | dict[str, Any], outlet_events: Any = No
     return uris
 
 
-def run_codes(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
-    """Fit the pre-training quantizer (strict, joint) and code every domain of the run."""
+def _code_stage(
+    p: RunPlan, pretrain: list[str], targets: list[str], frozen_from: str | None = None
+) -> dict[str, Any]:
+    """The codes stage of a run (one MLflow stage run): fit what is missing, code everything."""
     from vqrec import tracking
     from vqrec.lake import resolve_version
-    from vqrec.quantize import CodesConfig
-    from vqrec.quantize import run_codes as fit_and_assign
+    from vqrec.quantize import CodesConfig, run_codes
 
-    p = _plan(plan)
-    opts = _hyper(p, "codes")
-    targets = sorted(set(p.target_domains) - set(p.pretrain_domains))
     config = CodesConfig(
-        pretrain_domains=tuple(p.pretrain_domains),
+        pretrain_domains=tuple(pretrain),
         target_domains=tuple(targets),
         strategy=p.code_strategy,
         lake=p.lake,
         version=p.version,
         embeddings_version=p.version,
         clean_version=p.version,
-        **opts,
+        frozen_from=frozen_from,
+        **_hyper(p, "codes"),
     )
     with tracking.stage_run(
         p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
     ):
-        result = fit_and_assign(config)
+        result = run_codes(config)
         tracking.log_params(config, prefix="codes.")
         tracking.log_codes(resolve_version(p.lake, "codes", p.version))
-    return {"version": p.version, "domains": sorted(result.get("stats", {}))}
+    return {"version": p.version, "quantizer_of_domain": result["quantizer_of_domain"]}
+
+
+def code_domains(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+    """Fit the pre-training quantizer (strict, joint) and code every domain of the run."""
+    p = _plan(plan)
+    targets = sorted(set(p.target_domains) - set(p.pretrain_domains))
+    return _code_stage(p, p.pretrain_domains, targets)
 
 
 def _train_configs(plan: RunPlan, section: str, **fixed: Any):
@@ -396,32 +402,10 @@ def plan_new_domain(
     )
 
 
-def run_new_domain_codes(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+def code_new_domain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Code the new domain with the champion's frozen quantizer (shared) or its own (domain)."""
-    from vqrec import tracking
-    from vqrec.lake import resolve_version
-    from vqrec.quantize import CodesConfig
-    from vqrec.quantize import run_codes as fit_and_assign
-
     p = _plan(plan)
-    config = CodesConfig(
-        pretrain_domains=(),
-        target_domains=tuple(p.target_domains),
-        strategy=p.code_strategy,
-        lake=p.lake,
-        version=p.version,
-        embeddings_version=p.version,
-        clean_version=p.version,
-        frozen_from=p.frozen_codes_version,
-        **_hyper(p, "codes"),
-    )
-    with tracking.stage_run(
-        p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
-    ):
-        result = fit_and_assign(config)
-        tracking.log_params(config, prefix="codes.")
-        tracking.log_codes(resolve_version(p.lake, "codes", p.version))
-    return {"version": p.version, "quantizer_of_domain": result["quantizer_of_domain"]}
+    return _code_stage(p, [], p.target_domains, frozen_from=p.frozen_codes_version)
 
 
 # ---------------------------------------------------------------------------------------------
