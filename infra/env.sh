@@ -8,6 +8,9 @@ export VQREC_RAW_ROOT="${VQREC_RAW_ROOT:-$_repo/var/demo/raw}"
 export VQREC_DOMAINS="${VQREC_DOMAINS:-Arts,Garden,Kitchen}"
 export VQREC_PRETRAIN_DOMAINS="${VQREC_PRETRAIN_DOMAINS:-Arts,Garden}"
 export VQREC_TARGET_DOMAINS="${VQREC_TARGET_DOMAINS:-Arts,Garden,Kitchen}"
+# The demo's domains have ~240 items: too few for a domain's own OPQ (needs > 384), so the
+# demo codes every domain with the shared pre-training quantizer (the default is "domain").
+export VQREC_CODE_STRATEGY="${VQREC_CODE_STRATEGY:-shared}"
 # Demo-sized training (a few minutes on 2 CPU cores); unset for the paper's defaults.
 _demo_hyper='{"pretrain": {"epochs": 6, "batch_size": 512, "patience": 3}, "finetune": {"epochs": 12, "batch_size": 512, "patience": 4, "permutation_epochs": 2}}'
 export VQREC_HYPER="${VQREC_HYPER-$_demo_hyper}"

@@ -43,6 +43,7 @@ def _airflow_env(home: Path, lake: Path, raw: Path) -> dict[str, str]:
         VQREC_PRETRAIN_DOMAINS="Arts,Garden",
         VQREC_TARGET_DOMAINS="Arts,Garden,Kitchen",
         VQREC_HYPER=json.dumps(HYPER),
+        VQREC_CODE_STRATEGY="shared",  # demo domains are too small for their own OPQ
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
     )
@@ -68,7 +69,8 @@ for dag_id in ("vqrec_nightly", "vqrec_new_domain"):
     out["dags"][dag_id] = {
         "doc": bool(dag.doc_md), "catchup": dag.catchup, "params": sorted(dag.params.keys()),
         "tasks": {t.task_id: {"up": sorted(t.upstream_task_ids), "pool": t.pool, "queue": t.queue,
-                  "retries": t.retries, "rule": getattr(t.trigger_rule, "value", str(t.trigger_rule)), "doc": bool(t.doc_md or t.doc)}
+                  "retries": t.retries, "doc": bool(t.doc_md or t.doc),
+                  "rule": getattr(t.trigger_rule, "value", str(t.trigger_rule))}
                   for t in dag.tasks},
     }
 print("SHAPE" + json.dumps(out))
@@ -209,7 +211,8 @@ def test_new_domain_registers_without_touching_the_backbone(nightly_world):
     lake, env, base, raw = (nightly_world[k] for k in ("lake", "env", "base", "raw"))
     client = _client(lake)
     backbone_before = client.get_model_version_by_alias("vqrec-backbone", "champion")
-    conf = json.dumps({"domain": "Toys", "raw_path": str(raw / "Toys"), "lake": str(lake)})
+    conf = {"domain": "Toys", "raw_path": str(raw / "Toys"), "lake": str(lake)}
+    conf = json.dumps({**conf, "code_strategy": "shared"})
     _run(
         [str(VENV_BIN / "airflow"), "dags", "test", "vqrec_new_domain", DATE, "-c", conf],
         env,

@@ -42,7 +42,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "domains": _list_env("VQREC_DOMAINS", []),
     "pretrain_domains": _list_env("VQREC_PRETRAIN_DOMAINS", []),
     "target_domains": _list_env("VQREC_TARGET_DOMAINS", []),
-    "code_strategy": os.environ.get("VQREC_CODE_STRATEGY", "shared"),
+    "code_strategy": os.environ.get("VQREC_CODE_STRATEGY", "domain"),
     "hyper": _default_hyper(),
 }
 
