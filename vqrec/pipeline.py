@@ -468,7 +468,7 @@ def finetune_to_lake(
     from vqrec.data import load_domain
     from vqrec.lake import LakeError, resolve_version, staged_part, staged_version
     from vqrec.model import load_model
-    from vqrec.train import finetune, write_domain
+    from vqrec.train import finetune, write_domain_part
 
     backbone = None
     if cfg.mode != "scratch":
@@ -484,16 +484,5 @@ def finetune_to_lake(
             (out / "backbone.json").write_text(json.dumps({"backbone_version": backbone_version}))
     info = {"domain": domain, "data": data.source, "backbone_version": backbone_version}
     with staged_part(lake, "models", version, f"domains/{domain}") as out:
-        _write_domain_part(out, domain, result, info, write_domain)
+        write_domain_part(out, domain, result, info)
     return resolve_version(lake, "models", version) / "domains" / domain
-
-
-def _write_domain_part(out: Path, domain: str, result: Any, info: dict, write_domain: Any) -> None:
-    """write_domain() lays files out as <root>/domains/<d>/: write there, then lift them up."""
-    import shutil
-
-    staging = out / "_staging"
-    write_domain(staging, domain, result, info)
-    for f in (staging / "domains" / domain).iterdir():
-        shutil.move(str(f), out / f.name)
-    shutil.rmtree(staging)

@@ -54,7 +54,7 @@ from vqrec.data import (
     training_chains,
 )
 from vqrec.evaluate import EvalConfig, evaluate, format_metrics
-from vqrec.lake import lake_root, resolve_version, staged_version, validate_name
+from vqrec.lake import lake_root, resolve_version, staged_part, staged_version, validate_name
 from vqrec.losses import contrastive_loss, corrupt_codes, full_softmax_loss
 from vqrec.model import ModelConfig, VQRec, load_model, save_lookup_table, save_model
 
@@ -707,6 +707,15 @@ def write_domain(out: Path, domain: str, result: TrainResult, info: dict[str, An
     _write_json(folder / "metrics.json", result.metrics)
 
 
+def write_domain_part(folder: Path, domain: str, result: TrainResult, info: dict) -> None:
+    """write_domain() into an already-staged part folder (files land directly in it)."""
+    staging = folder / ".staging"
+    write_domain(staging, domain, result, info)
+    for f in (staging / "domains" / domain).iterdir():
+        shutil.move(str(f), folder / f.name)
+    shutil.rmtree(staging)
+
+
 def load_domain_model(
     path: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> tuple[VQRec, dict[str, Any]]:
@@ -881,14 +890,16 @@ def main_finetune(argv: list[str] | None = None) -> int:
         "data": data.source,
         "backbone_version": backbone_dir.name if backbone_dir else None,
     }
-    with staged_version(lake, "models", version, metadata={"part": part}) as out:
-        # A models version holds the backbone and every domain: keep what it already has.
-        existing = lake / "models" / version
-        if existing.is_dir():
-            _copy_into(out, existing, ["backbone", "domains"])
-        if backbone_dir is not None:
-            _copy_into(out, backbone_dir, ["backbone"])
-        write_domain(out, domain, result, info)
+    if (lake / "models" / version / "_SUCCESS").exists():
+        # The version exists (its backbone, other domains): commit only this domain's part,
+        # so parallel fine-tunes of one version never overwrite each other.
+        with staged_part(lake, "models", version, f"domains/{domain}") as out:
+            write_domain_part(out, domain, result, info)
+    else:
+        with staged_version(lake, "models", version, metadata={"part": part}) as out:
+            if backbone_dir is not None:
+                _copy_into(out, backbone_dir, ["backbone"])
+            write_domain(out, domain, result, info)
     shutil.rmtree(_checkpoint_path(lake, version, part).parent, ignore_errors=True)
     print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
     print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
