@@ -42,6 +42,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from jobs.common import canonical_parquet
 from jobs.readers import DomainFiles, EventChecks, RawInputError, discover, read_events, read_items
 from vqrec.lake import lake_root, staged_version, validate_name
 from vqrec.text import DEFAULT_MAX_CHARS, build_text
@@ -329,11 +330,13 @@ def write_table(df: DataFrame, out: Path, name: str, domains: list[str]) -> None
             parts = sorted(scratch.glob("part-*.parquet"))
             shutil.move(str(parts[0]), folder / "part-00000.parquet")
             shutil.rmtree(scratch)
+            canonical_parquet(folder / "part-00000.parquet")
             continue
         parts = sorted(folder.glob("part-*.parquet"))
         if len(parts) != 1:
             raise RuntimeError(f"{folder}: expected one part file, Spark wrote {len(parts)}")
         parts[0].rename(folder / "part-00000.parquet")
+        canonical_parquet(folder / "part-00000.parquet")
         for side in folder.glob(".*.crc"):
             side.unlink()
     for side in [*target.glob("_SUCCESS"), *target.glob(".*.crc")]:

@@ -41,3 +41,20 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("VQREC_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def canonical_parquet(path: str | os.PathLike[str]) -> None:
+    """Rewrite a Spark-written Parquet file so its bytes depend only on its rows.
+
+    parquet-mr lists each column chunk's encodings from a hash set, in an order that can
+    differ from one JVM to the next: two runs over the same input wrote equal tables with
+    different footers. Re-writing with pyarrow (row order, schema and key-value metadata kept)
+    makes reruns byte-identical, as the lake promises.
+    """
+    import pyarrow.parquet as pq
+
+    path = os.fspath(path)
+    table = pq.read_table(path)
+    tmp = path + ".canonical"
+    pq.write_table(table, tmp, compression="snappy")
+    os.replace(tmp, path)

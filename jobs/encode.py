@@ -38,6 +38,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs.common import canonical_parquet
 from vqrec.encoder import (
     DEFAULT_BATCH_SIZE,
     embedding_dimension,
@@ -236,6 +237,7 @@ def _tidy_spark_output(folder: Path) -> None:
     for domain_dir in sorted(p for p in folder.glob("domain=*") if p.is_dir()):
         for i, part in enumerate(sorted(domain_dir.glob("part-*.parquet"))):
             part.rename(domain_dir / f"part-{i:05d}.parquet")
+            canonical_parquet(domain_dir / f"part-{i:05d}.parquet")
 
 
 def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
