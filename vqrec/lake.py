@@ -67,6 +67,33 @@ def sweep_temp(stage_dir: Path) -> None:
 
 
 @contextlib.contextmanager
+def _staged_folder(
+    parent: Path, name: str, metadata: dict[str, Any] | None, fields: dict[str, Any]
+) -> Iterator[Path]:
+    """Yield ``parent/.tmp-<name>-*``; on success write ``_SUCCESS`` last, then rename it to
+    ``parent/<name>`` (replacing an existing one whole); on failure remove it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    meta = metadata if metadata is not None else {}
+    try:
+        yield tmp
+        meta.update({**fields, "committed_at": time.time()})
+        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        final = parent / name
+        if final.exists():
+            trash = parent / f".tmp-old-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def staged_version(
     lake: str | os.PathLike[str] | None,
     stage: str,
@@ -78,30 +105,12 @@ def staged_version(
     ``metadata`` (a dict the body may still mutate) is written into ``_SUCCESS``.
     Re-running with an existing version replaces that version as a whole.
     """
-    root = lake_root(lake)
-    validate_name(stage, "stage")
+    stage_dir = lake_root(lake) / validate_name(stage, "stage")
     version = validate_name(version or default_version(), "version")
-    stage_dir = root / stage
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    meta = metadata if metadata is not None else {}
-    try:
+    fields = {"stage": stage, "version": version}
+    with _staged_folder(stage_dir, version, metadata, fields) as tmp:
         yield tmp
-        meta.update({"stage": stage, "version": version, "committed_at": time.time()})
-        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        final = stage_dir / version
-        if final.exists():
-            trash = stage_dir / f".tmp-old-{version}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _write_atomic(stage_dir / CURRENT, version + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_atomic(stage_dir / CURRENT, version + "\n")
 
 
 @contextlib.contextmanager
@@ -120,30 +129,10 @@ def staged_part(
     Re-running replaces the part as a whole.
     """
     base = resolve_version(lake, stage, version)
-    pieces = part.split("/")
-    for piece in pieces:
-        validate_name(piece, "part")
-    parent = base.joinpath(*pieces[:-1])
-    parent.mkdir(parents=True, exist_ok=True)
-    name = pieces[-1]
-    tmp = parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    meta = metadata if metadata is not None else {}
-    try:
+    pieces = [validate_name(piece, "part") for piece in part.split("/")]
+    fields = {"stage": stage, "version": version, "part": part}
+    with _staged_folder(base.joinpath(*pieces[:-1]), pieces[-1], metadata, fields) as tmp:
         yield tmp
-        meta.update({"stage": stage, "version": version, "part": part, "committed_at": time.time()})
-        (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        final = parent / name
-        if final.exists():
-            trash = parent / f".tmp-old-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_part(
