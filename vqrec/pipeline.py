@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vqrec.lake import lake_root, validate_name
+from vqrec.lake import lake_root, resolve_part, resolve_version, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def publish_clean_assets(plan: RunPlan | dict[str, Any], outlet_events: Any = No
     ``outlet_events`` is Airflow's accessor; without it (tests, CLI) the URIs are only
     returned. The events carry the lake version, so a consumer DAG reads exactly it.
     """
-    from vqrec.lake import read_success, resolve_version
+    from vqrec.lake import read_success
 
     p = _plan(plan)
     clean = resolve_version(p.lake, "clean", p.version)
@@ -181,7 +181,6 @@ def _code_stage(
 ) -> dict[str, Any]:
     """The codes stage of a run (one MLflow stage run): fit what is missing, code everything."""
     from vqrec import tracking
-    from vqrec.lake import resolve_version
     from vqrec.quantize import CodesConfig, run_codes
 
     config = CodesConfig(
@@ -211,18 +210,22 @@ def code_domains(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     return _code_stage(p, p.pretrain_domains, targets)
 
 
-def _train_configs(plan: RunPlan, section: str, **fixed: Any):
-    """(TrainConfig, ModelConfig) from the plan's hyper-parameters for one training stage."""
+def _train_configs(
+    plan: RunPlan, section: str, defaults: dict[str, Any] | None = None, **fixed: Any
+):
+    """(TrainConfig, ModelConfig) for one training stage: ``defaults`` < the plan's
+    ``hyper[section]`` < ``fixed``."""
     from vqrec.model import ModelConfig
     from vqrec.train import TrainConfig
 
-    train = {"progress": False, **_hyper(plan, section), **fixed}
+    train = {"progress": False, **(defaults or {}), **_hyper(plan, section), **fixed}
     return TrainConfig(**train), ModelConfig(**_hyper(plan, "model"))
 
 
 def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Pre-train the shared backbone on the plan's pre-training domains -> models/<v>/backbone."""
     from vqrec import tracking
+    from vqrec.train import pretrain_to_lake
 
     p = _plan(plan)
     cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
@@ -230,7 +233,7 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
         p.lake, p.run_id or p.version, "pretrain", data_versions=_data_versions(p)
     ):
         tracking.log_params({"train": cfg, "model": model_cfg})
-        out = pretrain_to_lake(
+        pretrain_to_lake(
             p.lake,
             p.version,
             p.pretrain_domains,
@@ -240,6 +243,7 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
             codes_version=p.version,
             resume=True,
         )
+        out = resolve_version(p.lake, "models", p.version) / "backbone"
         tracking.log_model_dir(out)
     return {"version": p.version, "path": str(out)}
 
@@ -247,13 +251,11 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
     from vqrec import tracking
+    from vqrec.train import finetune_to_lake
 
     p = _plan(plan)
     domain = validate_name(domain, "domain")
-    opts = _hyper(p, "finetune")
-    mode = opts.pop("mode", "transfer")
-    section_plan = dataclasses.replace(p, hyper={**p.hyper, "finetune": opts})
-    cfg, model_cfg = _train_configs(section_plan, "finetune", mode=mode)
+    cfg, model_cfg = _train_configs(p, "finetune", defaults={"mode": "transfer"})
     with tracking.stage_run(
         p.lake,
         p.run_id or p.version,
@@ -262,7 +264,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
         data_versions=_data_versions(p),
     ):
         tracking.log_params({"train": cfg, "model": model_cfg})
-        out = finetune_to_lake(
+        finetune_to_lake(
             p.lake,
             p.version,
             domain,
@@ -273,6 +275,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
             codes_version=p.version,
             resume=True,
         )
+        out = resolve_part(p.lake, "models", p.version, f"domains/{domain}")
         test = tracking.log_model_dir(out)
     return {"domain": domain, "version": p.version, "path": str(out), "test": test}
 
@@ -412,77 +415,3 @@ def code_new_domain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Code the new domain with the champion's frozen quantizer (shared) or its own (domain)."""
     p = _plan(plan)
     return _code_stage(p, [], p.target_domains, frozen_from=p.frozen_codes_version)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training stages that write the lake: the backbone is a version, each domain a part of it.
-
-
-def pretrain_to_lake(
-    lake: str,
-    version: str,
-    domains: list[str],
-    cfg: Any,
-    model_cfg: Any,
-    clean_version: str | None = None,
-    codes_version: str | None = None,
-    resume: bool = True,
-) -> Path:
-    """Pre-train on ``domains`` and commit ``models/<version>/backbone`` (a new version).
-
-    Checkpoints every epoch under ``<lake>/checkpoints/<version>/backbone``: a retried task
-    resumes from its last finished epoch instead of starting over.
-    """
-    from vqrec.data import load_domain, merge_domains
-    from vqrec.lake import staged_version
-    from vqrec.train import pretrain, write_backbone
-
-    loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
-    data = merge_domains(loaded)
-    checkpoint = Path(lake) / "checkpoints" / version / "backbone" / "last.pt"
-    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume)
-    info = {"domains": list(domains), "offsets": data.offsets}
-    info["data"] = {d.name: d.source for d in loaded}
-    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
-        write_backbone(out, result, info)
-    return Path(lake) / "models" / version / "backbone"
-
-
-def finetune_to_lake(
-    lake: str,
-    version: str,
-    domain: str,
-    cfg: Any,
-    model_cfg: Any,
-    backbone_version: str | None,
-    clean_version: str | None = None,
-    codes_version: str | None = None,
-    resume: bool = True,
-) -> Path:
-    """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
-
-    Parts commit independently (see vqrec.lake.staged_part), so the mapped fine-tune tasks
-    of one run never overwrite each other. A new-domain run has no backbone of its own: its
-    version is created with a pointer to the champion backbone it was tuned on.
-    """
-    from vqrec.data import load_domain
-    from vqrec.lake import LakeError, resolve_version, staged_part, staged_version
-    from vqrec.model import load_model
-    from vqrec.train import finetune, write_domain_part
-
-    backbone = None
-    if cfg.mode != "scratch":
-        backbone_dir = resolve_version(lake, "models", backbone_version) / "backbone"
-        backbone = load_model(backbone_dir / "model.safetensors")
-    data = load_domain(lake, domain, clean_version, codes_version)
-    checkpoint = Path(lake) / "checkpoints" / version / f"domain-{domain}" / "last.pt"
-    result = finetune(data, cfg, model_cfg, backbone, checkpoint, resume=resume)
-    try:
-        resolve_version(lake, "models", version)
-    except LakeError:
-        with staged_version(lake, "models", version, metadata={"part": "pointer"}) as out:
-            (out / "backbone.json").write_text(json.dumps({"backbone_version": backbone_version}))
-    info = {"domain": domain, "data": data.source, "backbone_version": backbone_version}
-    with staged_part(lake, "models", version, f"domains/{domain}") as out:
-        write_domain_part(out, domain, result, info)
-    return resolve_version(lake, "models", version) / "domains" / domain

@@ -752,6 +752,96 @@ def _code_cap(lake: Path, codes_version: str | None) -> int | None:
         return None
 
 
+def pretrain_to_lake(
+    lake: str | os.PathLike[str],
+    version: str,
+    domains: list[str],
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    resume: bool = False,
+) -> TrainResult | None:
+    """Pre-train on ``domains`` and commit ``models/<version>/backbone``.
+
+    Checkpoints every epoch under ``<lake>/checkpoints/<version>/backbone`` (removed once
+    committed): with ``resume`` a retried run continues from its last finished epoch.
+    Domains already committed in the version are kept. Under DDP only rank 0 writes; the
+    other ranks return None.
+    """
+    lake = lake_root(lake)
+    model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
+    loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
+    data = merge_domains(loaded)
+    checkpoint = _checkpoint_path(lake, version, "backbone")
+    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume)
+    if _world()[0] != 0:
+        return None
+    info = {"domains": list(domains), "offsets": data.offsets}
+    info["data"] = {d.name: d.source for d in loaded}
+    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
+        existing = lake / "models" / version
+        if existing.is_dir():
+            _copy_into(out, existing, ["domains"])
+        write_backbone(out, result, info)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return result
+
+
+def finetune_to_lake(
+    lake: str | os.PathLike[str],
+    version: str,
+    domain: str,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    backbone_version: str | None = None,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    embeddings_version: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
+
+    ``backbone_version`` names the models version whose backbone is transferred (CURRENT when
+    None; unused in ``scratch`` mode). A version that does not exist yet is created holding a
+    copy of that backbone; the domain is then committed as its own part (vqrec.lake.staged_part),
+    so parallel fine-tunes of one version never overwrite each other.
+    """
+    lake = lake_root(lake)
+    domain = validate_name(domain, "domain")
+    backbone, backbone_dir = None, None
+    if cfg.mode != "scratch":
+        backbone_dir = resolve_version(lake, "models", backbone_version)
+        backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
+    model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
+    encoder = model_cfg.item_encoder
+    data = load_domain(
+        lake,
+        domain,
+        clean_version,
+        codes_version,
+        embeddings_version,
+        need_codes=encoder == "vq",
+        need_text=encoder == "text",
+    )
+    part = f"domain-{domain}"
+    checkpoint = _checkpoint_path(lake, version, part)
+    result = finetune(data, cfg, model_cfg, backbone, checkpoint, resume)
+    info = {
+        "domain": domain,
+        "data": data.source,
+        "backbone_version": backbone_dir.name if backbone_dir else None,
+    }
+    if not (lake / "models" / version / "_SUCCESS").exists():
+        with staged_version(lake, "models", version, metadata={"part": part}) as out:
+            if backbone_dir is not None:
+                _copy_into(out, backbone_dir, ["backbone"])
+    with staged_part(lake, "models", version, f"domains/{domain}") as out:
+        write_domain_part(out, domain, result, info)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return result
+
+
 # ---------------------------------------------------------------------- CLI
 
 
@@ -820,26 +910,11 @@ def main_pretrain(argv: list[str] | None = None) -> int:
     version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
     cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
     model_cfg = ModelConfig(**json.loads(args.model_config))
-    model_cfg.code_cap = _code_cap(lake, args.codes_version) or model_cfg.code_cap
-    loaded = [load_domain(lake, d, args.clean_version, args.codes_version) for d in domains]
-    data = merge_domains(loaded)
-    rank, _ = _world()
-    result = pretrain(
-        data, cfg, model_cfg, _checkpoint_path(lake, version, "backbone"), resume=args.resume
+    result = pretrain_to_lake(
+        lake, version, domains, cfg, model_cfg, args.clean_version, args.codes_version, args.resume
     )
-    if _world()[0] != 0:
+    if result is None:  # a DDP rank other than 0
         return 0
-    info = {
-        "domains": domains,
-        "offsets": data.offsets,
-        "data": {d.name: d.source for d in loaded},
-    }
-    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
-        existing = lake / "models" / version
-        if existing.is_dir():
-            _copy_into(out, existing, ["domains"])
-        write_backbone(out, result, info)
-    shutil.rmtree(_checkpoint_path(lake, version, "backbone").parent, ignore_errors=True)
     print(
         json.dumps(
             {"version": version, "valid": result.metrics["valid"], "test": result.metrics["test"]}
@@ -866,41 +941,19 @@ def main_finetune(argv: list[str] | None = None) -> int:
     cfg = _train_config(
         args, args.mode, permutation=args.permutation, permutation_epochs=args.permutation_epochs
     )
-    backbone, backbone_dir = None, None
-    if args.mode != "scratch":
-        backbone_dir = resolve_version(lake, "models", args.backbone_version)
-        backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
     model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
-    model_cfg.code_cap = _code_cap(lake, args.codes_version) or model_cfg.code_cap
-    data = load_domain(
+    result = finetune_to_lake(
         lake,
+        version,
         domain,
-        args.clean_version,
-        args.codes_version,
-        args.embeddings_version,
-        need_codes=args.item_encoder == "vq",
-        need_text=args.item_encoder == "text",
+        cfg,
+        model_cfg,
+        backbone_version=args.backbone_version,
+        clean_version=args.clean_version,
+        codes_version=args.codes_version,
+        embeddings_version=args.embeddings_version,
+        resume=args.resume,
     )
-    part = f"domain-{domain}"
-    result = finetune(
-        data, cfg, model_cfg, backbone, _checkpoint_path(lake, version, part), args.resume
-    )
-    info = {
-        "domain": domain,
-        "data": data.source,
-        "backbone_version": backbone_dir.name if backbone_dir else None,
-    }
-    if (lake / "models" / version / "_SUCCESS").exists():
-        # The version exists (its backbone, other domains): commit only this domain's part,
-        # so parallel fine-tunes of one version never overwrite each other.
-        with staged_part(lake, "models", version, f"domains/{domain}") as out:
-            write_domain_part(out, domain, result, info)
-    else:
-        with staged_version(lake, "models", version, metadata={"part": part}) as out:
-            if backbone_dir is not None:
-                _copy_into(out, backbone_dir, ["backbone"])
-            write_domain(out, domain, result, info)
-    shutil.rmtree(_checkpoint_path(lake, version, part).parent, ignore_errors=True)
     print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
     print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
     return 0
