@@ -378,6 +378,18 @@ class Loop:
         return bool(self.stopped_by)
 
 
+def _result(loop: Loop, model: VQRec, cfg: TrainConfig, test: dict[str, Any]) -> TrainResult:
+    """The trained model with its per-epoch history, best valid and test metrics, config."""
+    metrics = {
+        "history": loop.history,
+        "best_epoch": loop.best["epoch"],
+        "stopped_by": loop.stopped_by or "epochs",
+        "valid": loop.best["valid"],
+        "test": test,
+    }
+    return TrainResult(model, metrics, {"train": asdict(cfg), "model": model.config.to_dict()})
+
+
 def _resumable(cfg: TrainConfig) -> dict[str, Any]:
     """The config fields a resumed run must share with the checkpoint (not device/display)."""
     skip = {"stop_after_epochs", "progress", "device", "time_budget_min"}
@@ -496,14 +508,7 @@ def pretrain(
                 n_items=data.domains[d].n_items,
             )
             test |= {f"{d}/{k}": v for k, v in m.items()}
-    metrics = {
-        "history": loop.history,
-        "best_epoch": loop.best["epoch"],
-        "stopped_by": loop.stopped_by or "epochs",
-        "valid": loop.best["valid"],
-        "test": test,
-    }
-    return TrainResult(model, metrics, {"train": asdict(cfg), "model": model.config.to_dict()})
+    return _result(loop, model, cfg, test)
 
 
 # ---------------------------------------------------------------------- fine-tuning
@@ -609,14 +614,7 @@ def finetune(
         model.load_state_dict(loop.best_state)
     model.unfreeze_all()
     test = _eval_valid(model, data.splits["test"], cfg, device)
-    metrics = {
-        "history": loop.history,
-        "best_epoch": loop.best["epoch"],
-        "stopped_by": loop.stopped_by or "epochs",
-        "valid": loop.best["valid"],
-        "test": test,
-    }
-    return TrainResult(model, metrics, {"train": asdict(cfg), "model": model.config.to_dict()})
+    return _result(loop, model, cfg, test)
 
 
 def _learn_permutation(
