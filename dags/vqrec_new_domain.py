@@ -16,6 +16,7 @@ from vqrec.airflow_support import (
     GPU_POOL,
     GPU_QUEUE,
     RAW_LANDING_URI,
+    RETRY_ARGS,
     encode_job,
     plan_xcom,
     spark_job,
@@ -44,11 +45,7 @@ asset `vqrec://raw/landed` is updated with `extra={"domain": ..., "raw_path": ..
     catchup=False,
     doc_md=DOC,
     tags=["vqrec"],
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-    },
+    default_args=RETRY_ARGS,
     params={
         "domain": Param("", type="string", description="Domain id (the raw folder's name)"),
         "raw_path": Param("", type="string", description="Folder with the domain's raw files"),

@@ -17,6 +17,7 @@ from vqrec.airflow_support import (
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,
+    RETRY_ARGS,
     encode_job,
     plan_xcom,
     spark_job,
@@ -46,12 +47,7 @@ their own date. GPU steps run in pool/queue `gpu`.
     max_active_runs=1,
     doc_md=DOC,
     tags=["vqrec"],
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-    },
+    default_args=RETRY_ARGS,
     params={
         "raw_root": Param(
             DEFAULT_PARAMS["raw_root"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ JOBS_DIR = REPO / "jobs"
 # ignores queues, so the same DAG runs on CPU by default.
 GPU_POOL = os.environ.get("VQREC_GPU_POOL", "gpu")
 GPU_QUEUE = os.environ.get("VQREC_GPU_QUEUE", "gpu")
+
+# Retries with backoff for every task of the DAGs (a training retry resumes from its
+# last checkpointed epoch).
+RETRY_ARGS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
 
 # The asset alias under which the clean stage announces each cleaned domain.
 CLEAN_ALIAS = "vqrec-clean"
