@@ -39,8 +39,15 @@ def test_tracking_uri_defaults_to_the_lake_and_env_overrides(lake, monkeypatch):
     assert location == (lake.resolve() / "mlflow" / "artifacts" / "exp-a").as_uri()
     assert tracking.setup_tracking(lake, "exp-a") == experiment_id  # idempotent
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{lake}/other.db")
-    assert tracking.tracking_uri(lake) == f"sqlite:///{lake}/other.db"
+    other = f"sqlite:///{lake}/other.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert tracking.tracking_uri(lake) == other
+    # Setting up twice in one process (register does) stays on the user's store: MLflow
+    # re-exports the URI, which must not be mistaken for our own default.
+    for _ in range(2):
+        tracking.setup_tracking(lake, "exp-b")
+        assert mlflow.get_tracking_uri() == other
+        assert mlflow.get_registry_uri() == other
 
 
 @dataclass

@@ -87,7 +87,10 @@ def setup_tracking(
     """
     uri = tracking_uri(lake)
     remote = user_tracking_uri() is not None
-    _EXPORTED.add(uri)
+    if not remote:
+        # Only our own choice is remembered as an echo: a user's URI must keep winning when
+        # a task sets tracking up again (set_tracking_uri re-exports the same value).
+        _EXPORTED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
