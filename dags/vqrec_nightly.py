@@ -5,7 +5,6 @@ Thin wiring only: the work is vqrec.pipeline (tested on its own) and the Spark j
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
@@ -17,6 +16,7 @@ from vqrec.airflow_support import (
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,
+    NIGHTLY_SCHEDULE,
     RETRY_ARGS,
     encode_job,
     plan_xcom,
@@ -41,7 +41,7 @@ their own date. GPU steps run in pool/queue `gpu`.
 
 @dag(
     dag_id="vqrec_nightly",
-    schedule=os.environ.get("VQREC_NIGHTLY_CRON", "0 2 * * *"),
+    schedule=NIGHTLY_SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

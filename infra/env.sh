@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me: the local defaults every entry point shares (SQLite Airflow, local Spark,
 # local MLflow store inside the lake). Anything already set in the environment wins.
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

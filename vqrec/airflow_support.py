@@ -30,6 +30,11 @@ RETRY_ARGS: dict[str, Any] = {
     "max_retry_delay": timedelta(minutes=10),
 }
 
+# The nightly's cron; "none" makes it manual-only (the local stack's default: runs come
+# from `infra/stack.sh trigger` or the REST API, never from unpausing the DAG).
+_cron = os.environ.get("VQREC_NIGHTLY_CRON", "0 2 * * *")
+NIGHTLY_SCHEDULE: str | None = None if _cron.strip().lower() in {"", "none"} else _cron
+
 # The asset alias under which the clean stage announces each cleaned domain.
 CLEAN_ALIAS = "vqrec-clean"
 # The asset a raw-data producer updates when a new domain lands (see docs/ORCHESTRATION.md).
