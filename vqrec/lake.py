@@ -2,12 +2,15 @@
 
 Every stage writes ``<lake>/<stage>/<version>/`` through :func:`staged_version`. A reader
 only ever sees complete versions: the stage writes into a hidden temp folder, writes
-``_SUCCESS`` last, renames the folder into place and then points ``CURRENT`` at it.
+``_SUCCESS`` last, renames the folder into place (an atomic swap when it replaces an
+existing version) and then points ``CURRENT`` at it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import re
@@ -59,6 +62,31 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the platform or file system has no such call (the caller falls back
+    to two renames). Replacing a committed version must never leave a moment in which its
+    name points at nothing: a reader, or a stage killed right then, would find it gone.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def sweep_temp(stage_dir: Path) -> None:
     """Remove temp folders left by killed runs of a stage."""
     if stage_dir.is_dir():
@@ -81,13 +109,19 @@ def _staged_folder(
         meta.update({**fields, "committed_at": time.time()})
         (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         final = parent / name
-        if final.exists():
+        if not final.exists():
+            os.rename(tmp, final)
+        elif _exchange(tmp, final):
+            # One atomic swap: a kill at any point leaves a complete ``final``, old or new;
+            # the old one now sits under the hidden temp name, which readers never see.
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            # No atomic swap on this file system: two renames, with a short window in which
+            # ``final`` is missing (a kill there leaves the old version in ``.tmp-old-*``).
             trash = parent / f".tmp-old-{name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, trash)
             os.rename(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
