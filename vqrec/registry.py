@@ -861,7 +861,11 @@ def register_all(
     models_dir = resolve_version(lake, "models", model_version)
     if domains is None:
         folder = models_dir / "domains"
-        domains = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        # Hidden folders are parts still being written, or left by a killed fine-tune.
+        found = folder.iterdir() if folder.is_dir() else []
+        domains = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
+    # Every name checked before anything is registered: a bad one must not leave half a run.
+    domains = [validate_name(d, "domain") for d in domains]
     results = []
     if backbone and (models_dir / "backbone" / "model.safetensors").exists():
         results.append(
@@ -876,10 +880,58 @@ def register_all(
     return results
 
 
+class NoChampionError(LookupError):
+    """There is no champion to load: no such model, no version, or no ``champion`` alias."""
+
+
+def champion_version(client: MlflowClient, name: str) -> Any:
+    """The model version ``name@champion`` points at, or :class:`NoChampionError` saying why.
+
+    A downstream loader gets this one clear error, not MLflow's traceback, when the model was
+    never registered, has no versions, or lost its alias (deleting the champion's version
+    deletes the alias too). The store URI is never quoted: it may hold a password.
+    """
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise NoChampionError(
+            f"no registered model {name!r} in the MLflow registry: register one first "
+            "(vqrec register, or the DAG's register task)"
+        ) from None
+    version = (model.aliases or {}).get(CHAMPION)
+    if version is None:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        why = (
+            "it has no versions"
+            if not versions
+            else f"no version carries the alias (versions {versions}; was the champion deleted?)"
+        )
+        raise NoChampionError(
+            f"{name} has no {CHAMPION}: {why}; re-run register, or set the alias on a version "
+            "known to be good"
+        )
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise NoChampionError(
+            f"{name}@{CHAMPION} points at version {version}, which no longer exists"
+        ) from None
+
+
 def load_champion(domain: str, lake: str | os.PathLike[str] | None = None):
-    """``mlflow.pyfunc.load_model("models:/vqrec-<domain>@champion")`` against the lake's store."""
+    """The pyfunc model ``vqrec-<domain>@champion`` from the lake's store (or $MLFLOW_TRACKING_URI).
+
+    Raises :class:`NoChampionError` when there is none. The alias is resolved once and that
+    version is loaded, so a promotion in between cannot mix two versions.
+    """
     tracking.setup_tracking(lake)
-    return mlflow.pyfunc.load_model(f"models:/{domain_model_name(domain)}@{CHAMPION}")
+    name = domain_model_name(domain)
+    mv = champion_version(MlflowClient(), name)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -907,15 +959,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     domains = [d for d in args.domains.split(",") if d] or None
-    results = register_all(
-        args.lake,
-        args.version,
-        domains,
-        args.run_id,
-        args.metric,
-        args.tolerance,
-        backbone=not args.no_backbone,
-    )
+    try:
+        results = register_all(
+            args.lake,
+            args.version,
+            domains,
+            args.run_id,
+            args.metric,
+            args.tolerance,
+            backbone=not args.no_backbone,
+        )
+    except (ValueError, LakeError) as err:  # a bad name or version: one line, no traceback
+        print(f"vqrec register: error: {err}", file=sys.stderr)
+        return 2
     json.dump(results, sys.stdout, indent=2, default=str)
     print()
     return 0
