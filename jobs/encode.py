@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in filter(None, [config.version, config.clean_version]):
             validate_name(name, "version")
+        for name in config.domains or []:  # refused before a JVM is started for nothing
+            validate_name(name, "domain")
         spark = spark_session("vqrec-encode", master=args.master)
         summary = run_encode(spark, config)
     except (LakeError, ValueError, RuntimeError) as exc:

@@ -147,7 +147,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`vqrec evaluate`: full-ranking metrics of a fine-tuned domain model on valid/test."""
     from vqrec.data import load_domain
-    from vqrec.lake import lake_root, resolve_version, validate_name
+    from vqrec.lake import LakeError, lake_root, resolve_version, validate_name
     from vqrec.train import load_domain_model, pick_device
 
     parser = argparse.ArgumentParser(prog="vqrec evaluate", description=main.__doc__)
@@ -160,14 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     args = parser.parse_args(argv)
 
-    domain = validate_name(args.domain, "domain")
-    models_dir = resolve_version(args.lake, "models", args.models_version)
+    try:
+        domain = validate_name(args.domain, "domain")
+        if args.clean_version:
+            validate_name(args.clean_version, "version")
+        models_dir = resolve_version(args.lake, "models", args.models_version)
+    except (ValueError, LakeError) as err:  # a bad name or version: one line, no traceback
+        print(f"vqrec evaluate: error: {err}", file=sys.stderr)
+        return 2
     path = models_dir / "domains" / domain
     if not path.is_dir():
         print(f"vqrec evaluate: no model for domain {domain!r} in {models_dir}", file=sys.stderr)
         return 2
     device = pick_device(args.device)
-    model, info = load_domain_model(path, device=device)
+    try:
+        model, info = load_domain_model(path, device=device)
+    except (ValueError, FileNotFoundError) as err:  # e.g. a file that is not safetensors
+        print(f"vqrec evaluate: error: {err}", file=sys.stderr)
+        return 2
     clean_version = args.clean_version or info.get("data", {}).get("clean")
     data = load_domain(lake_root(args.lake), domain, clean_version, need_codes=False)
     if data.n_items != model.config.n_items - 1:

@@ -525,11 +525,16 @@ def _save(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], meta: 
 
 
 def _load(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
+    """Tensors and metadata of a safetensors file: a format without code, so a crafted file
+    (a pickle renamed .safetensors) is refused with a clear error, never executed."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("vqrec", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vqrec", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a valid safetensors file ({err})") from err
     return tensors, meta
 
 

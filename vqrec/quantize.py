@@ -263,7 +263,11 @@ def load_quantizer(path: str | Path) -> faiss.Index:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no quantizer file at {path}")
-    index = faiss.read_index(str(path))
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:  # faiss's C++ reader: not an index file at all
+        first = str(err).strip().splitlines()[-1][:200]
+        raise ValueError(f"{path} is not a faiss index file ({first})") from err
     quantizer_shape(index)  # raises a clear ValueError on a foreign index
     return index
 
@@ -462,6 +466,10 @@ class CodesConfig:
         tgt = tuple(sorted(set(self.target_domains)))
         for d in pre + tgt:
             validate_name(d, "domain")
+        # Versions too, before any fitting: a bad one must fail in a second, not after OPQ.
+        for v in (self.version, self.embeddings_version, self.clean_version, self.frozen_from):
+            if v is not None:
+                validate_name(v, "version")
         if not pre and not tgt:
             raise ValueError("no domains: give pretrain_domains and/or target_domains")
         both = sorted(set(pre) & set(tgt))

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -54,7 +55,14 @@ from vqrec.data import (
     training_chains,
 )
 from vqrec.evaluate import EvalConfig, evaluate, format_metrics
-from vqrec.lake import lake_root, resolve_version, staged_part, staged_version, validate_name
+from vqrec.lake import (
+    LakeError,
+    lake_root,
+    resolve_version,
+    staged_part,
+    staged_version,
+    validate_name,
+)
 from vqrec.losses import contrastive_loss, corrupt_codes, full_softmax_loss
 from vqrec.model import ModelConfig, VQRec, load_model, save_lookup_table, save_model
 
@@ -208,8 +216,21 @@ def _save_checkpoint(path: Path, tensors: dict[str, Any], state: dict[str, Any])
 
 
 def _load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return blob["tensors"], json.loads(blob["state_json"])
+    """Tensors + state of a checkpoint; anything else is refused, never unpickled.
+
+    ``weights_only=True`` lets torch's unpickler build tensors and plain containers only,
+    so a crafted file cannot run code. Its own error suggests retrying with
+    ``weights_only=False``, which would: say what to do instead.
+    """
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return blob["tensors"], json.loads(blob["state_json"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a vqrec training checkpoint of plain tensors (refused, nothing "
+            f"was unpickled: {first[:200]}); delete it, or run without --resume to start over"
+        ) from err
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -730,7 +751,10 @@ def load_domain_model(
 
 
 def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
-    return lake / "checkpoints" / version / part / "last.pt"
+    # Checked here, before any training: the version names a folder that is written every
+    # epoch, long before staged_version would refuse a name like "../x" at the commit.
+    version = validate_name(version, "version")
+    return lake / "checkpoints" / version / validate_name(part, "part") / "last.pt"
 
 
 def _copy_into(out: Path, source: Path, names: list[str]) -> None:
@@ -895,6 +919,15 @@ def _train_config(args: argparse.Namespace, mode: str, **extra) -> TrainConfig:
     )
 
 
+# Bad input (names, versions, configs, a refused checkpoint): one line on stderr, exit 2.
+CLI_ERRORS = (ValueError, LakeError, FileNotFoundError)
+
+
+def _cli_error(command: str, err: Exception) -> int:
+    print(f"vqrec {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main_pretrain(argv: list[str] | None = None) -> int:
     """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
     parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
@@ -903,14 +936,24 @@ def main_pretrain(argv: list[str] | None = None) -> int:
     parser.add_argument("--rho", type=float, default=TrainConfig.rho)
     parser.add_argument("--valid-rows", type=int, default=0, help="valid rows/domain (0: all)")
     args = parser.parse_args(argv)
-    lake = lake_root(args.lake)
-    domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
-    version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
-    cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
-    model_cfg = ModelConfig(**json.loads(args.model_config))
-    result = pretrain_to_lake(
-        lake, version, domains, cfg, model_cfg, args.clean_version, args.codes_version, args.resume
-    )
+    try:
+        lake = lake_root(args.lake)
+        domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
+        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
+        model_cfg = ModelConfig(**json.loads(args.model_config))
+        result = pretrain_to_lake(
+            lake,
+            version,
+            domains,
+            cfg,
+            model_cfg,
+            args.clean_version,
+            args.codes_version,
+            args.resume,
+        )
+    except CLI_ERRORS as err:
+        return _cli_error("pretrain", err)
     if result is None:  # a DDP rank other than 0
         return 0
     print(
@@ -933,25 +976,31 @@ def main_finetune(argv: list[str] | None = None) -> int:
     parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
     parser.add_argument("--embeddings-version", default=None)
     args = parser.parse_args(argv)
-    lake = lake_root(args.lake)
-    domain = validate_name(args.domain, "domain")
-    version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
-    cfg = _train_config(
-        args, args.mode, permutation=args.permutation, permutation_epochs=args.permutation_epochs
-    )
-    model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
-    result = finetune_to_lake(
-        lake,
-        version,
-        domain,
-        cfg,
-        model_cfg,
-        backbone_version=args.backbone_version,
-        clean_version=args.clean_version,
-        codes_version=args.codes_version,
-        embeddings_version=args.embeddings_version,
-        resume=args.resume,
-    )
+    try:
+        lake = lake_root(args.lake)
+        domain = validate_name(args.domain, "domain")
+        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        cfg = _train_config(
+            args,
+            args.mode,
+            permutation=args.permutation,
+            permutation_epochs=args.permutation_epochs,
+        )
+        model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
+        result = finetune_to_lake(
+            lake,
+            version,
+            domain,
+            cfg,
+            model_cfg,
+            backbone_version=args.backbone_version,
+            clean_version=args.clean_version,
+            codes_version=args.codes_version,
+            embeddings_version=args.embeddings_version,
+            resume=args.resume,
+        )
+    except CLI_ERRORS as err:
+        return _cli_error("finetune", err)
     print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
     print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
     return 0
