@@ -6,16 +6,19 @@
 Per domain (a folder; its name is the domain id; files found as jobs/readers.py says):
 
 1. every raw line is parsed in Spark SQL and either accepted or given a ``reason``:
-   interactions: bad_encoding, empty_line, unparseable_line, missing_field, bad_rating,
-   bad_timestamp, then unknown_item (no metadata line), item_without_text, duplicate_event
-   (same user, item and ts as an earlier line; the first by (file, line) is kept);
-   items: bad_encoding, empty_line, bad_json, missing_field, duplicate_item (a later line
-   for the same item id; the first wins), no_text (nothing usable after vqrec.text).
+   interactions: bad_encoding, empty_line, unparseable_line, bad_field_type (JSON: a list or
+   object where one value belongs), missing_field, bad_rating, bad_timestamp, then
+   unknown_item (no metadata line), item_without_text, duplicate_event (same user, item and
+   ts as an earlier line; the first by (file, line) is kept);
+   items: bad_encoding, empty_line, bad_json, bad_field_type (asin, title or brand is a list
+   or object), missing_field, duplicate_item (a later line for the same item id; the first
+   wins), no_text (nothing usable after vqrec.text).
 2. iterative k-core (users with >= user_k events, then items with >= item_k, until a round
    removes nothing) on the accepted events. Rounds run in Spark while the events are more
    than ``driver_rows``, then on the driver with numpy: the k-core is unique, so both give
    the same result (tests compare them). Events removed here are counted, not quarantined:
-   per domain ``rows_in = kept + quarantined + kcore_removed`` exactly.
+   per domain and per ratings file (report ``by_file``)
+   ``rows_in = kept + quarantined + kcore_removed`` exactly.
 3. dense ids in sorted raw-id order (item_idx 1-based, user_idx 0-based), chronological
    positions (ts, then item_id), and the leave-one-out sequences of docs/ARCHITECTURE.md.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -86,6 +90,8 @@ class CleanConfig:
             raise ValueError(f"layout {self.layout!r}: use auto, amazon or generic")
         if not self.raw:
             raise ValueError("no raw domain folder given")
+        if self.version is not None:
+            validate_name(self.version, "version")  # refused before Spark starts
 
 
 def domain_folders(raw: list[str], domains: list[str] | None = None) -> dict[str, Path]:
@@ -98,6 +104,8 @@ def domain_folders(raw: list[str], domains: list[str] | None = None) -> dict[str
             raise ValueError(f"domain {name!r} given twice: {found[name]} and {folder}")
         found[name] = folder
     if domains:
+        for name in domains:
+            validate_name(name, "domain name in --domains")
         unknown = sorted(set(domains) - set(found))
         if unknown:
             raise ValueError(f"--domains names {unknown} not among the raw folders {sorted(found)}")
@@ -392,9 +400,8 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
             events.count()
             phase("events")
 
-            accepted = events.where(F.col("reason").isNull()).drop(
-                "reason", "source", "raw", "line"
-            )
+            # ``source`` rides along through the k-core for the per-file accounting.
+            accepted = events.where(F.col("reason").isNull()).drop("reason", "raw", "line")
             kept, rounds = kcore(spark, accepted, config.user_k, config.item_k, config.driver_rows)
             kept = keep(kept)
             kept.count()
@@ -412,8 +419,9 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
             tables["quarantine"] = quarantine
 
             stats = {
-                "events": _counts(events, ["domain", "reason"]),
-                "items": _counts(items, ["domain", "reason"]),
+                "events": _counts(events, ["domain", "source", "reason"]),
+                "items": _counts(items, ["domain", "source", "reason"]),
+                "kept_by_source": _counts(kept, ["domain", "source"]),
                 "accepted": accepted.groupBy("domain")
                 .agg(
                     F.count(F.lit(1)).alias("events"),
@@ -465,23 +473,52 @@ def _report(
 
     ev = pick(stats["events"], domain=domain)
     it = pick(stats["items"], domain=domain)
+    kept_by_source = pick(stats["kept_by_source"], domain=domain)
     acc = (pick(stats["accepted"], domain=domain) or [{"events": 0, "users": 0, "items": 0}])[0]
     kept = sum(r["count"] for r in pick(stats["interactions"], domain=domain))
     users = sum(r["count"] for r in pick(stats["users"], domain=domain))
     n_items = sum(r["count"] for r in pick(stats["item_table"], domain=domain))
     rows_in = sum(r["count"] for r in ev)
-    quarantined = {r["reason"]: r["count"] for r in ev if r["reason"] is not None}
+    quarantined: dict[str, int] = {}
+    for r in ev:
+        if r["reason"] is not None:
+            quarantined[r["reason"]] = quarantined.get(r["reason"], 0) + r["count"]
     n_quarantined = sum(quarantined.values())
     kcore_removed = acc["events"] - kept
     splits = {r["split"]: r["count"] for r in pick(stats["sequences"], domain=domain)}
-    items_quarantined = {r["reason"]: r["count"] for r in it if r["reason"] is not None}
+    items_quarantined: dict[str, int] = {}
+    for r in it:
+        if r["reason"] is not None:
+            items_quarantined[r["reason"]] = items_quarantined.get(r["reason"], 0) + r["count"]
     items_ok = sum(r["count"] for r in it if r["reason"] is None)
+
+    def per_file(rows: list[Any], names: list[str]) -> dict[str, dict[str, int]]:
+        # Every file of the domain is listed, a 0-byte one with zeros.
+        out = {n: {"rows_in": 0, "quarantined": 0} for n in names}
+        for r in rows:
+            entry = out.setdefault(r["source"], {"rows_in": 0, "quarantined": 0})
+            entry["rows_in"] += r["count"]
+            entry["quarantined"] += r["count"] if r["reason"] is not None else 0
+        return dict(sorted(out.items()))
+
+    # Per ratings file, the same accounting as the domain totals:
+    # rows_in = kept + quarantined + kcore_removed.
+    event_files = per_file(ev, [p.name for p in files.events])
+    for name, entry in event_files.items():
+        accepted = entry["rows_in"] - entry["quarantined"]
+        entry["kept"] = sum(r["count"] for r in kept_by_source if r["source"] == name)
+        entry["kcore_removed"] = accepted - entry["kept"]
+
     return {
         "domain": domain,
         "layout": files.layout,
         "sources": {
             "interactions": [p.name for p in files.events],
             "items": [p.name for p in files.items],
+        },
+        "by_file": {
+            "interactions": event_files,
+            "items": per_file(it, [p.name for p in files.items]),
         },
         "rows_in": rows_in,
         "kept": kept,
@@ -569,6 +606,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     return config, args.master
 
 
+_READ_FAILED = re.compile(r"while reading file (\S+?)\.?(?:\s|$)")
+
+
+def spark_error(err: Exception) -> str:
+    """One line that says what Spark could not do, without the Java stack: "could not read
+    <file> (EOFException: Unexpected end of input stream)" when a file was unreadable.
+
+    A Py4JJavaError's own first line is only "An error occurred while calling o123.count.":
+    the file name is in the Java exception's message (repeated once per failed task when
+    adaptive execution aborts several stages), the reason in its innermost cause.
+    """
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    java = getattr(err, "java_exception", None)
+    causes: list[tuple[str, str]] = []
+    try:
+        while java is not None and len(causes) < 20:
+            message = java.getMessage() or ""
+            causes.append((java.getClass().getSimpleName(), " ".join(message.split())))
+            java = java.getCause()
+    except Exception:  # a dead JVM: the Python side's first line will do
+        causes = []
+    root_name, root_message = causes[-1] if causes else ("", "")
+    root = f"{root_name}: {root_message}" if root_message else root_name
+    failed = _READ_FAILED.search(" ".join(m for _, m in causes) or text)
+    if failed:
+        return f"could not read {failed.group(1)}" + (f" ({root})" if len(causes) > 1 else "")
+    if not causes:
+        return first
+    name, message = causes[0]
+    line = f"{name}: {message}" if message else name
+    return line + (f" (cause: {root})" if len(causes) > 1 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vqrec clean`` and ``spark-submit jobs/clean.py``."""
     config, master = parse_args(argv)
@@ -588,10 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqrec clean: error: {err}", file=sys.stderr)
         return 2
     except (PySparkException, Py4JJavaError) as err:
-        # An unreadable file (corrupt gzip, permissions): Spark's message names the path;
-        # the temp version was removed and CURRENT is untouched.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"vqrec clean: Spark failed, nothing committed: {first}", file=sys.stderr)
+        # An unreadable file (corrupt gzip, permissions): the temp version was removed and
+        # CURRENT is untouched.
+        print(f"vqrec clean: Spark failed, nothing committed: {spark_error(err)}", file=sys.stderr)
         return 1
     finally:
         if owned:

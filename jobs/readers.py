@@ -20,12 +20,18 @@ Every data row keeps ``source`` (file name) and ``line`` (1-based line in the fi
 Parquet, which has no lines), and gets a ``reason`` when it is rejected: nothing is
 dropped silently. Text formats are read with ``spark.read.text`` so that each line is seen
 raw (bad UTF-8 is detected on the bytes) and parsed in Spark SQL, not in Python.
-Timestamps are unix seconds: digits only, or (generic layout) an ISO-8601 string or a
-Parquet timestamp column.
+A JSON line must be one object (``{...}``, nothing after it), and its id, timestamp, rating,
+title and brand must be single values (a string, a number or a boolean): a list or an
+object there is ``bad_field_type``. Timestamps are unix seconds: digits only, or an
+ISO-8601 date(-time) string that starts with its date (``2014-05-13``,
+``2014-05-13T10:00:00Z``; a bare time is refused), or a Parquet
+timestamp column. A blank rating is an absent one (ratings are optional, and unused).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +44,7 @@ TEXT_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 GENERIC_SUFFIXES = (".parquet",) + TEXT_SUFFIXES
 EVENT_FIELDS = ("user_id", "item_id", "timestamp", "rating")
 ITEM_FIELDS = ("item_id", "title", "categories", "brand")
+LIST_FIELDS = ("categories",)  # may hold a list; every other field holds one value
 
 
 class RawInputError(ValueError):
@@ -74,8 +81,10 @@ def discover(
 ) -> DomainFiles:
     """Find a domain's interaction and item files (rules in the module docstring)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise RawInputError(f"raw domain folder {folder} does not exist")
+    if not folder.is_dir():
+        raise RawInputError(f"raw domain {folder} is not a folder (a domain is a folder)")
     base = _files_folder(folder)
     metas = sorted(
         p
@@ -89,6 +98,11 @@ def discover(
             layout = "amazon"
         elif _generic_files(base, "interactions"):
             layout = "generic"
+        elif ratings := sorted(p.name for p in base.iterdir() if p.name.endswith(".csv")):
+            raise RawInputError(
+                f"{base}: ratings file(s) {', '.join(ratings)} but no meta_*.json(.gz) file "
+                "(the Amazon layout needs both; a generic layout needs interactions.*)"
+            )
         else:
             raise RawInputError(
                 f"{base}: no meta_*.json(.gz) (Amazon layout) and no interactions.* "
@@ -121,22 +135,33 @@ def discover(
 # Line-numbered text reading
 
 
+def spark_path(path: Path) -> str:
+    """``path`` as Spark should read it: literally. Spark expands Hadoop glob patterns in
+    paths, so a file named "r[1].csv" would not be found and "r*.csv" would read others."""
+    return re.sub(r"([\\\[\]{}*?])", r"\\\1", str(path))
+
+
 def read_lines(spark: SparkSession, paths: list[Path]) -> DataFrame:
     """Lines of text files (gzip allowed) as ``source, line, value, utf8_ok``.
 
     Spark's text source has no line numbers: within a task, rows of one file block come in
     file order, so ``monotonically_increasing_id`` minus the block's first id is the row
     in the block, and the block's offset is the line count of the earlier blocks of the
-    same file. The scan is persisted so the ids are computed once.
+    same file. The scan is persisted so the ids are computed once. Each file is its own
+    scan with its name as ``source``: Spark's ``_metadata.file_name`` is URL-encoded
+    ("a%20b.csv" for "a b.csv").
     """
-    scan = (
-        spark.read.text([str(p) for p in paths])
-        .select(
-            F.col("_metadata.file_name").alias("source"),
+    scans = [
+        spark.read.text(spark_path(p)).select(
+            F.lit(p.name).alias("source"),
             F.col("_metadata.file_block_start").alias("block"),
-            F.monotonically_increasing_id().alias("mid"),
             F.col("value"),
         )
+        for p in paths
+    ]
+    scan = (
+        functools.reduce(DataFrame.unionByName, scans)
+        .select("source", "block", F.monotonically_increasing_id().alias("mid"), "value")
         .persist()
     )
     blocks = scan.groupBy("source", "block").agg(
@@ -168,6 +193,36 @@ def _blank(col: Column) -> Column:
     return col.isNull() | (F.trim(col) == "")
 
 
+def _json_schema(fields: list[str], scalars: list[str]) -> str:
+    """DDL for ``from_json``: single-value fields as VARIANT (their JSON type stays visible),
+    the others as STRING, plus the corrupt-record column."""
+    types = [f"`{f}` {'VARIANT' if f in scalars else 'STRING'}" for f in fields]
+    return ", ".join(types) + ", `_corrupt_record` STRING"
+
+
+def _json_broken(value: Column) -> Column:
+    """The line is not one JSON object. Spark reads the first object of ``{...} trailing``
+    and ignores the rest, so the line must also end with the object's brace."""
+    text = F.trim(value)
+    return F.col("p._corrupt_record").isNotNull() | ~text.startswith("{") | ~text.endswith("}")
+
+
+def _json_nested(scalars: list[str]) -> Column:
+    """A single-value field holds a list or an object. As STRING, Spark would pass on its
+    JSON text ('["a", "b"]'), which would become an id or a title without anyone noticing."""
+    nested = F.lit(False)
+    for f in scalars:
+        nested = nested | F.coalesce(
+            F.expr(f"schema_of_variant(p.`{f}`)").rlike("^(ARRAY|OBJECT)"), F.lit(False)
+        )
+    return nested
+
+
+def _json_value(field: str) -> Column:
+    """A VARIANT field as text: a string as it is, a number or boolean as its JSON text."""
+    return F.expr(f"try_variant_get(p.`{field}`, '$', 'string')")
+
+
 # ---------------------------------------------------------------------------------------
 # Interactions
 
@@ -186,12 +241,16 @@ def _check_events(df: DataFrame, checks: EventChecks, base_reason: Column) -> Da
     """Add ``reason`` (null = valid) and typed ``ts`` to rows with string fields."""
     ts_text = F.trim(F.col("timestamp"))
     digits = ts_text.rlike(r"^[0-9]{1,18}$")
+    # Only text that starts with a date (year-month[-day]) goes to Spark's parser: it reads a
+    # bare time ("10:00:00", "T10:00") as that time today, which would turn a broken field
+    # into an event at the run's own date (and a rerun into different output).
+    iso_shaped = ts_text.rlike(r"^[0-9]{4}-[0-9]{1,2}(-[0-9]{1,2})?([T ].*)?$")
     iso = F.expr("try_to_timestamp(trim(timestamp))")
-    ts = F.when(digits, F.expr("try_cast(trim(timestamp) AS BIGINT)")).otherwise(
-        F.unix_timestamp(iso)
+    ts = F.when(digits, F.expr("try_cast(trim(timestamp) AS BIGINT)")).when(
+        iso_shaped, F.unix_timestamp(iso)
     )
     rating = F.expr("try_cast(trim(rating) AS DOUBLE)")
-    has_rating = F.col("rating").isNotNull()
+    has_rating = ~_blank(F.col("rating"))  # "i1,u1,,ts": no rating, not a bad one
     bad_rating = has_rating & (
         rating.isNull()
         | F.isnan(rating)
@@ -246,7 +305,11 @@ def _string_schema(fields: list[str]) -> str:
 
 
 def _text_table(
-    spark: SparkSession, path: Path, source_fields: list[str], required: list[str]
+    spark: SparkSession,
+    path: Path,
+    source_fields: list[str],
+    required: list[str],
+    scalars: list[str],
 ) -> DataFrame:
     """A generic CSV/JSONL file as rows of string fields + ``base_reason`` for broken lines."""
     lines = read_lines(spark, [path])
@@ -270,17 +333,22 @@ def _text_table(
         lines = lines.where(F.col("line") > 1)  # the header is not a data row
         n_fields = F.size(F.split(F.col("value"), ","))
         broken = F.col("p._corrupt_record").isNotNull() | (n_fields < len(header))
+        nested = F.lit(False)  # CSV cells are text: no lists or objects
+        values = {f: F.col(f"p.`{f}`") for f in source_fields if f in available}
     else:
         parsed = F.from_json(
             F.col("value"),
-            _string_schema(source_fields),
+            _json_schema(source_fields, scalars),
             {"columnNameOfCorruptRecord": "_corrupt_record"},
         )
-        broken = F.col("p._corrupt_record").isNotNull() | ~F.ltrim(F.col("value")).startswith("{")
+        broken = _json_broken(F.col("value"))
+        nested = _json_nested(scalars)
+        values = {f: _json_value(f) if f in scalars else F.col(f"p.`{f}`") for f in source_fields}
     reason = _first_reason(
         (~F.col("utf8_ok"), "bad_encoding"),
         (F.trim(F.col("value")) == "", "empty_line"),
         (broken, "unparseable_line"),
+        (nested, "bad_field_type"),
     )
     df = lines.select("source", "line", "value", "utf8_ok", parsed.alias("p"))
     df = df.select(
@@ -288,16 +356,13 @@ def _text_table(
         "line",
         _raw(F.col("value")).alias("raw"),
         reason.alias("base_reason"),
-        *[
-            (F.col(f"p.`{f}`") if f in available else F.lit(None).cast("string")).alias(f)
-            for f in source_fields
-        ],
+        *[values.get(f, F.lit(None).cast("string")).alias(f) for f in source_fields],
     )
     return df
 
 
 def _csv_header(spark: SparkSession, path: Path) -> list[str]:
-    first = spark.read.text(str(path)).limit(1).collect()
+    first = spark.read.text(spark_path(path)).limit(1).collect()
     if not first:
         raise RawInputError(f"{path}: empty CSV file, expected a header line")
     return [c.strip() for c in first[0].value.split(",")]
@@ -305,7 +370,7 @@ def _csv_header(spark: SparkSession, path: Path) -> list[str]:
 
 def _parquet_table(spark: SparkSession, path: Path, source_fields: list[str]) -> DataFrame:
     """A Parquet file as string fields; line 0 (not line-based), raw = the row as JSON."""
-    df = spark.read.parquet(str(path))
+    df = spark.read.parquet(spark_path(path))
     present = {f.name: f.dataType for f in df.schema.fields}
     cols = []
     for f in source_fields:
@@ -336,8 +401,9 @@ def _generic_table(
 ) -> DataFrame:
     source_fields = [column_map.get(c, c) for c in canonical]
     required_fields = [column_map.get(c, c) for c in required]
+    scalars = [column_map.get(c, c) for c in canonical if c not in LIST_FIELDS]
     if path.name.endswith(".parquet"):
-        columns = spark.read.parquet(str(path)).columns
+        columns = spark.read.parquet(spark_path(path)).columns
         missing = [f for f in required_fields if f not in columns]
         if missing:
             raise RawInputError(
@@ -346,7 +412,7 @@ def _generic_table(
             )
         df = _parquet_table(spark, path, source_fields)
     else:
-        df = _text_table(spark, path, source_fields, required_fields)
+        df = _text_table(spark, path, source_fields, required_fields, scalars)
     return df.select(
         "source",
         "line",
@@ -387,26 +453,25 @@ def _item_rows(df: DataFrame) -> DataFrame:
 def amazon_items(spark: SparkSession, files: DomainFiles) -> DataFrame:
     """meta_*.json lines -> ``source, line, raw, reason, item_id, title, categories, brand``."""
     lines = read_lines(spark, list(files.items))
-    schema = _string_schema(["asin", "title", "category", "categories", "brand"])
+    scalars = ["asin", "title", "brand"]
+    schema = _json_schema(["asin", "title", "category", "categories", "brand"], scalars)
     parsed = F.from_json(F.col("value"), schema, {"columnNameOfCorruptRecord": "_corrupt_record"})
     df = lines.select("source", "line", "value", "utf8_ok", parsed.alias("p"))
     base = _first_reason(
         (~F.col("utf8_ok"), "bad_encoding"),
         (F.trim(F.col("value")) == "", "empty_line"),
-        (
-            F.col("p._corrupt_record").isNotNull() | ~F.ltrim(F.col("value")).startswith("{"),
-            "bad_json",
-        ),
+        (_json_broken(F.col("value")), "bad_json"),
+        (_json_nested(scalars), "bad_field_type"),
     )
     df = df.select(
         "source",
         "line",
         _raw(F.col("value")).alias("raw"),
         base.alias("base_reason"),
-        F.col("p.asin").alias("item_id"),
-        F.col("p.title").alias("title"),
+        _json_value("asin").alias("item_id"),
+        _json_value("title").alias("title"),
         F.coalesce(F.col("p.category"), F.col("p.categories")).alias("categories"),
-        F.col("p.brand").alias("brand"),
+        _json_value("brand").alias("brand"),
     )
     return _item_rows(df)
 

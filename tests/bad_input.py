@@ -1,0 +1,456 @@
+"""A generated corpus of bad raw input for the clean stage, with the expected fate of every row.
+
+Everything is written from code here (nothing downloaded or copied): :func:`build_corpus`
+lays out raw domain folders under a root and returns, per generated row, what the clean stage
+must do with it, so tests compare row by row, not only counts.
+
+Row-level cases live in domains that one clean run processes together:
+
+* ``Mixed`` (Amazon 2018 layout): a dense core of valid events (6 users x 6 items, survives
+  the default 5-core) and valid events that the k-core must remove, mixed with broken
+  ratings lines and broken ``meta_*.json`` lines of every kind; a second ratings file with
+  CRLF line endings, a space in its name, a cross-file duplicate and a last line cut
+  without its newline; a second meta file with glob characters in its name.
+* ``Gen`` (generic layout, JSON lines): the same kinds where the format gives them a meaning
+  (wrong JSON types, ISO timestamps, missing keys).
+* ``AllBad``: no valid event at all (the domain must still get its tables and report), and
+  a 0-byte ratings file and a 0-byte meta file beside its other files.
+
+Folder-level cases (:class:`FolderCase`) abort a run as a whole, so each gets its own folder:
+a domain folder with no files, a meta file without ratings, a ratings file without meta, a
+truncated gzip, a path that is a file, domain folders whose names are not safe names.
+
+The expected outcome of a row is ``VALID`` or the quarantine reason of jobs/clean.py. A
+``VALID`` event must end in the clean interactions or be removed by the k-core (tests
+recompute the k-core from the valid events alone); it must never be quarantined.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VALID = "valid"
+T0 = 1_400_000_000  # 2014-05-13: inside the clean stage's default timestamp bounds
+HUGE_TITLE_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One generated raw row and its expected outcome."""
+
+    domain: str
+    source: str  # file name, as the quarantine table names it
+    line: int  # 1-based line in the file
+    kind: str  # the bad-input kind (or the valid-row kind) this row exercises
+    expected: str  # VALID or the quarantine reason
+    event: tuple[str, str, int] | None = None  # (user_id, item_id, ts) of a VALID event
+    item: str | None = None  # item_id of a VALID item line
+
+
+@dataclass(frozen=True)
+class FolderCase:
+    """A raw folder that makes the clean run fail as a whole, with a clear message."""
+
+    kind: str
+    argv: list[str]  # `vqrec clean` arguments, without --lake / --version
+    exit_code: int  # 2: refused before reading; 1: Spark could not read a file
+    message: tuple[str, ...]  # fragments the error line must contain (file/folder names)
+
+
+@dataclass
+class Corpus:
+    """What :func:`build_corpus` wrote."""
+
+    root: Path
+    domains: dict[str, Path]  # row-level domains, cleaned together in one run
+    rows: list[Row]
+    folder_cases: list[FolderCase]
+    bad_names: list[str]  # domain names that must be refused (some also exist as folders)
+    bad_name_folders: dict[str, Path] = field(default_factory=dict)
+
+    def kinds(self) -> set[str]:
+        """The distinct bad-input kinds tried (valid-row kinds excluded)."""
+        row_kinds = {r.kind for r in self.rows if not r.kind.startswith("valid_")}
+        return row_kinds | {c.kind for c in self.folder_cases} | {"unsafe_domain_name"}
+
+    def bad_rows(self) -> list[Row]:
+        """Rows of a bad-input kind (some of them valid on purpose, e.g. a numeric title)."""
+        return [r for r in self.rows if not r.kind.startswith("valid_")]
+
+
+class _File:
+    """Lines of one raw file, each with its expected outcome; written in one go."""
+
+    def __init__(self, domain: str, path: Path, newline: bytes = b"\n") -> None:
+        self.domain, self.path, self.newline = domain, path, newline
+        self.lines: list[bytes] = []
+        self.rows: list[Row] = []
+
+    def add(
+        self,
+        raw: bytes | str,
+        kind: str,
+        expected: str,
+        event: tuple[str, str, int] | None = None,
+        item: str | None = None,
+    ) -> None:
+        data = raw.encode() if isinstance(raw, str) else raw
+        assert b"\n" not in data and b"\r" not in data, "one row per line"
+        self.lines.append(data)
+        line = len(self.lines)
+        self.rows.append(Row(self.domain, self.path.name, line, kind, expected, event, item))
+
+    def event(self, item: str, user: str, ts: int, kind: str = "valid_event") -> None:
+        """A valid ratings line (Amazon layout: item,user,rating,ts)."""
+        self.add(f"{item},{user},5.0,{ts}", kind, VALID, event=(user, item, ts))
+
+    def write(self, final_newline: bool = True) -> list[Row]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.newline.join(self.lines) + (self.newline if final_newline else b"")
+        if self.path.name.endswith(".gz"):
+            with gzip.open(self.path, "wb") as f:
+                f.write(data)
+        else:
+            self.path.write_bytes(data)
+        return self.rows
+
+
+def _meta(asin: object, title: object = None, **extra: object) -> str:
+    record = {"asin": asin}
+    if title is not None:
+        record["title"] = title
+    return json.dumps({**record, **extra})
+
+
+# ---------------------------------------------------------------------------------------
+# Row-level domains
+
+
+def _mixed(folder: Path) -> list[Row]:
+    """Amazon layout: valid core + one or more rows of every bad kind."""
+    d = folder.name
+    users = [f"u{k:02d}" for k in range(1, 7)]
+    items = [f"i{k:02d}" for k in range(1, 7)]
+    ratings = _File(d, folder / f"{d}.csv")
+    ts = T0
+    for u in users:
+        for i in items:
+            ratings.event(i, u, ts)
+            ts += 60
+    # Valid, but removed by the 5-core: a user with 2 events, an item with 1 event.
+    ratings.event("i01", "u_few", T0 + 7, kind="valid_kcore_removed")
+    ratings.event("i02", "u_few", T0 + 8, kind="valid_kcore_removed")
+    ratings.event("i_rare", "u01", T0 + 9, kind="valid_kcore_removed")
+    # Valid, odd-looking: spaces around fields, an empty (optional) rating, a repeat purchase.
+    ratings.add(" i03 , u02 , 4.0 , 1400009000 ", "valid_padded_fields", VALID,
+                event=("u02", "i03", 1_400_009_000))  # fmt: skip
+    ratings.add("i04,u03,,1400009100", "missing_optional_rating", VALID,
+                event=("u03", "i04", 1_400_009_100))  # fmt: skip
+    ratings.event("i01", "u01", T0 + 50_000, kind="valid_repeat_purchase")
+
+    bad = [
+        # truncated lines (a writer killed mid-line): too few fields, or a cut timestamp
+        ("i01,u01,5.0", "truncated_line", "unparseable_line"),
+        ("i01,u0", "truncated_line", "unparseable_line"),
+        ("i01,u01,5.0,14000", "truncated_line", "bad_timestamp"),
+        # lines that are not ratings CSV at all
+        ("<html><body>502 Bad Gateway</body></html>", "non_csv_line", "unparseable_line"),
+        ('{"asin": "i01", "reviewerID": "u01"}', "non_csv_line", "unparseable_line"),
+        ("i01,u01,5.0,1400000000,extra", "non_csv_line", "unparseable_line"),
+        ("x" * 1_000_000, "huge_line", "unparseable_line"),
+        # wrong types
+        ("i01,u01,abc,1400000000", "wrong_type", "bad_rating"),
+        ("i01,u01,NaN,1400000000", "wrong_type", "bad_rating"),
+        ("i01,u01,7.5,1400000000", "wrong_type", "bad_rating"),
+        ("i01,u01,5.0,yesterday", "wrong_type", "bad_timestamp"),
+        ("i01,u01,5.0,now", "wrong_type", "bad_timestamp"),
+        ("i01,u01,5.0,tomorrow", "wrong_type", "bad_timestamp"),
+        ("i01,u01,5.0,1.4e9", "wrong_type", "bad_timestamp"),
+        ("i01,u01,5.0,10:00:00", "wrong_type", "bad_timestamp"),  # Spark: "today 10:00"
+        ("i01,u01,5.0,T10:00", "wrong_type", "bad_timestamp"),
+        ("i01,u01,5.0,0x5388D480", "wrong_type", "bad_timestamp"),
+        # non-UTF-8 bytes (in the user, in the item, in the timestamp)
+        (b"i01,u\xff01,5.0,1400000000", "non_utf8", "bad_encoding"),
+        (b"caf\xe9,u01,5.0,1400000000", "non_utf8", "bad_encoding"),
+        (b"i01,u01,5.0,14\xc300000000", "non_utf8", "bad_encoding"),
+        # missing required fields
+        (",u01,5.0,1400000000", "missing_field", "missing_field"),
+        ("i01,,5.0,1400000000", "missing_field", "missing_field"),
+        ("i01,   ,5.0,1400000000", "missing_field", "missing_field"),
+        ("i01,u01,5.0,", "missing_field", "missing_field"),
+        # negative and absurd timestamps
+        ("i01,u01,5.0,-5", "absurd_timestamp", "bad_timestamp"),
+        ("i01,u01,5.0,0", "absurd_timestamp", "bad_timestamp"),
+        ("i01,u01,5.0,100", "absurd_timestamp", "bad_timestamp"),
+        ("i01,u01,5.0,32503680000", "absurd_timestamp", "bad_timestamp"),  # year 3000
+        ("i01,u01,5.0,3000-01-01", "absurd_timestamp", "bad_timestamp"),
+        (f"i01,u01,5.0,{10**20}", "absurd_timestamp", "bad_timestamp"),
+        (f"i01,u01,5.0,{2**63 - 1}", "absurd_timestamp", "bad_timestamp"),
+        (f"i01,u01,5.0,{10**40}", "absurd_timestamp", "bad_timestamp"),
+        # empty lines
+        ("", "empty_line", "empty_line"),
+        ("   ", "empty_line", "empty_line"),
+        # duplicates of an earlier line (exactly, and after trimming)
+        (f"i02,u02,5.0,{T0 + (6 + 1) * 60}", "duplicate_event", "duplicate_event"),
+        (f" i02,u02 ,3.0, {T0 + (6 + 1) * 60}", "duplicate_event", "duplicate_event"),
+        # events whose item has no usable metadata
+        ("nometa,u01,5.0,1400000001", "ratings_without_meta", "unknown_item"),
+        ("notext,u01,5.0,1400000002", "item_without_text", "item_without_text"),
+        ("blank,u02,5.0,1400000003", "item_without_text", "item_without_text"),
+        ("tlist,u01,5.0,1400000004", "item_meta_rejected", "unknown_item"),
+        ("trunc,u02,5.0,1400000005", "item_meta_rejected", "unknown_item"),
+        ("latin,u03,5.0,1400000006", "item_meta_rejected", "unknown_item"),
+    ]
+    for raw, kind, reason in bad:
+        ratings.add(raw, kind, reason)
+    rows = ratings.write()
+
+    # Second ratings file: CRLF line endings, valid events, a cross-file duplicate of the
+    # first file (the first file's copy wins: first by file name, then line), and a last
+    # line cut without its newline.
+    more = _File(d, folder / f"{d}_more (copy).csv", newline=b"\r\n")
+    for k, u in enumerate(users):
+        more.event("i05", u, T0 + 90_000 + k, kind="valid_crlf_line")
+    more.add(f"i01,u01,5.0,{T0}", "duplicate_event", "duplicate_event")
+    more.add("i06,u0", "truncated_line", "unparseable_line")
+    rows += more.write(final_newline=False)
+
+    meta = _File(d, folder / f"meta_{d}.json")
+    meta.add(_meta("i01", "Dead Space 2", category=["Games", "PC"], brand="EA"),
+             "valid_item", VALID, item="i01")  # fmt: skip
+    meta.add(_meta("i02", "Manic Panic &quot;Goth&quot;", category="Beauty"), "valid_item",
+             VALID, item="i02")  # fmt: skip
+    meta.add(_meta("i04", "", category=[], brand="OnlyBrand"), "empty_title_with_brand",
+             VALID, item="i04")  # fmt: skip
+    meta.add(_meta("i05", 1984, category=["Books"]), "numeric_title", VALID, item="i05")
+    meta.add(_meta("i06", "word " * (HUGE_TITLE_CHARS // 5), brand="Big"), "huge_title",
+             VALID, item="i06")  # fmt: skip
+    meta.add(_meta("i_rare", "Rare item"), "valid_item", VALID, item="i_rare")
+    meta.add(_meta("unrated", "Nobody rated me"), "meta_without_ratings", VALID, item="unrated")
+    bad_meta = [
+        ('{"asin": "trunc", "title": "Cut he', "truncated_line", "bad_json"),
+        ('{"asin": "trunc2", "title": "x", "brand": "B"', "truncated_line", "bad_json"),
+        ("this is not json at all", "non_json_line", "bad_json"),
+        ("[1, 2, 3]", "non_json_line", "bad_json"),
+        ("null", "non_json_line", "bad_json"),
+        ('{"asin": "tail", "title": "x"} trailing words', "non_json_line", "bad_json"),
+        ("{" + "x" * 1_000_000, "huge_line", "bad_json"),
+        (_meta("tlist", ["Part one", "Part two"]), "wrong_type", "bad_field_type"),
+        (_meta("tobj", {"en": "Title"}), "wrong_type", "bad_field_type"),
+        (_meta(["i07"], "Array asin"), "wrong_type", "bad_field_type"),
+        (_meta("blist", "Title", brand=["B1", "B2"]), "wrong_type", "bad_field_type"),
+        (b'{"asin": "latin", "title": "Caf\xe9 au lait"}', "non_utf8", "bad_encoding"),
+        (b'{"asin": "i\xff9", "title": "x"}', "non_utf8", "bad_encoding"),
+        (json.dumps({"title": "no asin"}), "missing_field", "missing_field"),
+        (_meta("", "empty asin"), "missing_field", "missing_field"),
+        (_meta(None, "null asin"), "missing_field", "missing_field"),
+        ("{}", "missing_field", "missing_field"),
+        (_meta("notext", ""), "empty_text", "no_text"),
+        (_meta("blank", "   ", category=[], brand=""), "empty_text", "no_text"),
+        (_meta("i01", "A second copy of i01"), "duplicate_item", "duplicate_item"),
+        ("", "empty_line", "empty_line"),
+    ]
+    for raw, kind, reason in bad_meta:
+        meta.add(raw, kind, reason)
+    rows += meta.write()
+
+    # A meta file whose name holds a space and Hadoop glob characters: read literally, and
+    # named as it is (not URL-encoded) in the quarantine and the report.
+    odd = _File(d, folder / f"meta_{d} [2].json")
+    odd.add(_meta("i03", "Plain title"), "odd_file_name", VALID, item="i03")
+    odd.add('{"asin": "i03x", "title": ', "truncated_line", "bad_json")
+    rows += odd.write()
+    return rows
+
+
+def _gen_event(user: object, item: object, ts: object, **extra: object) -> str:
+    return json.dumps({"user_id": user, "item_id": item, "timestamp": ts, **extra})
+
+
+def _generic(folder: Path) -> list[Row]:
+    """Generic layout (JSON lines): valid core + the kinds that JSON gives a meaning."""
+    d = folder.name
+    users = [f"g{k:02d}" for k in range(1, 6)]
+    items = ["a", "b", "c", "d", "e"]
+    inter = _File(d, folder / "interactions.jsonl")
+    ts = T0
+    for u in users:
+        for i in items:
+            inter.add(_gen_event(u, i, ts), "valid_event", VALID, event=(u, i, ts))
+            ts += 60
+    iso, iso_ts = "2014-05-13T10:00:00Z", 1_399_975_200
+    inter.add(_gen_event("g01", "a", iso), "valid_iso_timestamp", VALID, event=("g01", "a", iso_ts))
+    inter.add(_gen_event(42, "b", T0 + 5), "valid_numeric_id", VALID, event=("42", "b", T0 + 5))
+    inter.add(_gen_event("g04", "e", "2014-05"), "valid_iso_timestamp", VALID,
+              event=("g04", "e", 1_398_902_400))  # fmt: skip
+    inter.add(_gen_event("g02", "c", str(T0 + 7), rating=None), "missing_optional_rating",
+              VALID, event=("g02", "c", T0 + 7))  # fmt: skip
+    # A whole number written as a float (pandas does that to integer columns with gaps).
+    inter.add(_gen_event("g03", "d", float(T0 + 11)), "whole_float_timestamp", VALID,
+              event=("g03", "d", T0 + 11))  # fmt: skip
+    bad = [
+        ('{"user_id": "g01", "item_id": "a", "timest', "truncated_line", "unparseable_line"),
+        ("user_id=g01 item_id=a", "non_json_line", "unparseable_line"),
+        (_gen_event("g01", "a", T0) + " trailing", "non_json_line", "unparseable_line"),
+        ("[1, 2]", "non_json_line", "unparseable_line"),
+        (b'{"user_id": "g\xff1", "item_id": "a", "timestamp": 1400000000}', "non_utf8",
+         "bad_encoding"),
+        (json.dumps({"item_id": "a", "timestamp": T0}), "missing_field", "missing_field"),
+        (_gen_event("g01", None, T0), "missing_field", "missing_field"),
+        (json.dumps({"user_id": "g01", "item_id": "a"}), "missing_field", "missing_field"),
+        (_gen_event("g01", "a", "yesterday"), "wrong_type", "bad_timestamp"),
+        (_gen_event("g01", "a", "now"), "wrong_type", "bad_timestamp"),
+        (_gen_event("g01", "a", "12:30:00"), "wrong_type", "bad_timestamp"),
+        (_gen_event("g01", "a", T0, rating="abc"), "wrong_type", "bad_rating"),
+        (_gen_event({"id": "g01"}, "a", T0), "wrong_type", "bad_field_type"),
+        (_gen_event("g01", ["a"], T0), "wrong_type", "bad_field_type"),
+        (_gen_event("g01", "a", [T0]), "wrong_type", "bad_field_type"),
+        (_gen_event("g01", "a", -5), "absurd_timestamp", "bad_timestamp"),
+        (_gen_event("g01", "a", 10**20), "absurd_timestamp", "bad_timestamp"),
+        (_gen_event("g01", "a", "3000-01-01T00:00:00Z"), "absurd_timestamp", "bad_timestamp"),
+        (_gen_event("g01", "a", T0 + 0.5), "wrong_type", "bad_timestamp"),
+        (_gen_event("g01", "a", T0), "duplicate_event", "duplicate_event"),
+        ("", "empty_line", "empty_line"),
+        (_gen_event("g01", "zz", T0), "ratings_without_meta", "unknown_item"),
+    ]  # fmt: skip
+    for raw, kind, reason in bad:
+        inter.add(raw, kind, reason)
+    rows = inter.write()
+
+    meta = _File(d, folder / "items.jsonl")
+    for i in items:
+        meta.add(json.dumps({"item_id": i, "title": f"Item {i}", "categories": ["X"]}),
+                 "valid_item", VALID, item=i)  # fmt: skip
+    bad_items = [
+        (json.dumps({"item_id": "t", "title": ["x", "y"]}), "wrong_type", "bad_field_type"),
+        ('{"item_id": "u", "title": "cut', "truncated_line", "bad_json"),
+        (json.dumps({"title": "no id"}), "missing_field", "missing_field"),
+        (json.dumps({"item_id": "e", "title": "again"}), "duplicate_item", "duplicate_item"),
+    ]
+    for raw, kind, reason in bad_items:
+        meta.add(raw, kind, reason)
+    rows += meta.write()
+    return rows
+
+
+def _all_bad(folder: Path) -> list[Row]:
+    """A domain without a single valid event: it still gets (empty) tables and a report.
+    Beside its files, a 0-byte ratings file and a 0-byte meta file."""
+    d = folder.name
+    folder.mkdir(parents=True)
+    (folder / f"{d}_empty.csv").write_bytes(b"")
+    (folder / f"meta_{d}_empty.json").write_bytes(b"")
+    ratings = _File(d, folder / f"{d}.csv")
+    ratings.add("i1,u1,5.0,yesterday", "wrong_type", "bad_timestamp")
+    ratings.add("i1,u1", "truncated_line", "unparseable_line")
+    ratings.add("nometa,u1,5.0,1400000000", "ratings_without_meta", "unknown_item")
+    meta = _File(d, folder / f"meta_{d}.json.gz")
+    meta.add(_meta("i1", "Only item"), "meta_without_ratings", VALID, item="i1")
+    meta.add('{"asin": "i2", "ti', "truncated_line", "bad_json")
+    return ratings.write() + meta.write()
+
+
+# ---------------------------------------------------------------------------------------
+# Folder-level cases
+
+
+def _valid_amazon(folder: Path, n_users: int = 5, n_items: int = 5) -> None:
+    """A small valid Amazon-layout domain (the rest of a folder-level case)."""
+    ratings = _File(folder.name, folder / f"{folder.name}.csv")
+    for u in range(n_users):
+        for i in range(n_items):
+            ratings.event(f"i{i}", f"u{u}", T0 + 60 * (u * n_items + i))
+    ratings.write()
+    meta = _File(folder.name, folder / f"meta_{folder.name}.json")
+    for i in range(n_items):
+        meta.add(_meta(f"i{i}", f"Title {i}"), "valid_item", VALID)
+    meta.write()
+
+
+def _folder_cases(root: Path) -> list[FolderCase]:
+    cases = []
+
+    empty = root / "NoFiles"
+    empty.mkdir(parents=True)
+    cases.append(FolderCase("domain_folder_without_files", ["--raw", str(empty)], 2,
+                            (str(empty), "no meta_")))  # fmt: skip
+
+    empty_raw = root / "EmptyRaw"
+    (empty_raw / "raw").mkdir(parents=True)
+    cases.append(FolderCase("domain_folder_without_files", ["--raw", str(empty_raw)], 2,
+                            (str(empty_raw / "raw"), "no meta_")))  # fmt: skip
+
+    only_meta = root / "OnlyMeta"
+    _valid_amazon(only_meta)
+    (only_meta / "OnlyMeta.csv").unlink()
+    cases.append(FolderCase("meta_without_ratings", ["--raw", str(only_meta)], 2,
+                            (str(only_meta), "no ratings *.csv")))  # fmt: skip
+
+    only_ratings = root / "OnlyRatings"
+    _valid_amazon(only_ratings)
+    (only_ratings / "meta_OnlyRatings.json").unlink()
+    cases.append(FolderCase("ratings_without_meta", ["--raw", str(only_ratings)], 2,
+                            (str(only_ratings), "OnlyRatings.csv", "no meta_")))  # fmt: skip
+
+    truncated = root / "TruncGz"
+    _valid_amazon(truncated)
+    whole = gzip.compress((truncated / "meta_TruncGz.json").read_bytes() * 50)
+    (truncated / "meta_TruncGz.json").unlink()
+    (truncated / "meta_TruncGz.json.gz").write_bytes(whole[: len(whole) // 2])
+    cases.append(FolderCase("truncated_gzip", ["--raw", str(truncated)], 1,
+                            ("meta_TruncGz.json.gz",)))  # fmt: skip
+
+    not_gzip = root / "NotGz"
+    _valid_amazon(not_gzip)
+    (not_gzip / "meta_NotGz.json.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not gzip data")
+    (not_gzip / "meta_NotGz.json").unlink()
+    cases.append(FolderCase("corrupt_gzip", ["--raw", str(not_gzip)], 1,
+                            ("meta_NotGz.json.gz",)))  # fmt: skip
+
+    a_file = root / "AFile"
+    a_file.write_text("i1,u1,5.0,1400000000\n")
+    cases.append(FolderCase("raw_path_is_a_file", ["--raw", str(a_file)], 2,
+                            (str(a_file), "not a folder")))  # fmt: skip
+
+    missing = root / "Missing"
+    cases.append(FolderCase("raw_path_missing", ["--raw", str(missing)], 2,
+                            (str(missing), "does not exist")))  # fmt: skip
+    return cases
+
+
+# Names that must never become a domain (a path component under the lake). The first ones
+# cannot be folder names at all and come from --domains / DAG params; the others are created
+# as real folders holding valid data, so only the name can be what is refused.
+BAD_NAMES_NOT_FOLDERS = ["../evil", "a/b", "..", ".", "a\x00b", "", "/abs"]
+BAD_NAMES_AS_FOLDERS = ["a b", "a\nb", "évil", "-rf", ".hidden", "domain=x", "x" * 129]
+
+
+def build_corpus(root: Path) -> Corpus:
+    """Write every case under ``root``; return the expected outcome of each row."""
+    root = Path(root)
+    rows_root = root / "rows"
+    domains = {
+        "Mixed": rows_root / "Mixed",
+        "Gen": rows_root / "Gen",
+        "AllBad": rows_root / "AllBad",
+    }
+    rows = _mixed(domains["Mixed"])
+    rows += _generic(domains["Gen"])
+    rows += _all_bad(domains["AllBad"])
+    folder_cases = _folder_cases(root / "folders")
+    bad_name_folders = {}
+    for name in BAD_NAMES_AS_FOLDERS:
+        folder = root / "names" / f"case{len(bad_name_folders)}" / name
+        _valid_amazon(folder)
+        bad_name_folders[name] = folder
+    return Corpus(
+        root=root,
+        domains=domains,
+        rows=rows,
+        folder_cases=folder_cases,
+        bad_names=BAD_NAMES_NOT_FOLDERS + BAD_NAMES_AS_FOLDERS,
+        bad_name_folders=bad_name_folders,
+    )
