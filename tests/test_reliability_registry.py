@@ -194,3 +194,23 @@ def test_killed_registration_leaves_the_old_champion_serving(models, lake, tmp_p
     )
     decision = client.get_model_version(NAME, challenger.version).tags[registry.TAG_DECISION]
     assert decision == "promoted"
+
+
+def test_an_unreachable_registry_stops_the_gate_instead_of_meaning_no_champion(
+    lake, monkeypatch
+):
+    """Only "no such model / alias" means no champion; a store that fails must not promote."""
+    import socket
+
+    from mlflow.exceptions import MlflowException
+
+    tracking.setup_tracking(lake)
+    assert registry._champion(MlflowClient(), "vqrec-never-registered") is None
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = MlflowClient(f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+    with pytest.raises(MlflowException):
+        registry._champion(down, "vqrec-Arts")

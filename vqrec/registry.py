@@ -549,11 +549,19 @@ def _version_metric(client: MlflowClient, version: Any, metric: str) -> float | 
     return None
 
 
+# What the store answers when there is no champion yet (no model, or no such alias). Any
+# other error (a server down, a timeout) must stop the gate, not look like "no champion":
+# that would promote a challenger without comparing it.
+_NO_CHAMPION_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
 def _champion(client: MlflowClient, name: str) -> Any | None:
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _NO_CHAMPION_CODES:
+            return None
+        raise
 
 
 def promote(
