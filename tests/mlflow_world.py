@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from vqrec.encoder import default_model_path, encode_texts, encoder_key, load_encoder
@@ -195,3 +196,13 @@ def train_model(
             (folder / "config.json").write_text(json.dumps(info))
             (folder / "metrics.json").write_text(json.dumps(metrics))
     return metrics["test"]
+
+
+@pytest.fixture
+def lake_store(monkeypatch):
+    """Use the lake's own SQLite store, never a tracking/registry URI left in the environment.
+
+    Test modules import it and apply it with ``pytestmark = pytest.mark.usefixtures(...)``.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from crash_harness import kill, run_cli, start_paused
 from mlflow.tracking import MlflowClient
-from mlflow_world import DOMAIN, build_data, train_model
+from mlflow_world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
 
 from vqrec import pipeline, registry, serving, tracking
 from vqrec.pipeline import RunPlan
@@ -29,11 +29,7 @@ from vqrec.pipeline import RunPlan
 NAME = registry.domain_model_name(DOMAIN)
 
 
-@pytest.fixture(autouse=True)
-def _lake_store(monkeypatch):
-    # Every test uses its own lake's SQLite store, never a URI left in the environment.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("lake_store")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from crash_harness import stage_env
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow_world import DOMAIN, build_data, train_model
+from mlflow_world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
 
 from vqrec import pipeline, registry, tracking
 from vqrec.cli import main as vqrec
@@ -45,10 +45,7 @@ from vqrec.train import TrainConfig, pretrain_to_lake
 SMALL = json.dumps({"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 10})
 
 
-@pytest.fixture(autouse=True)
-def _lake_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("lake_store")
 
 
 @pytest.fixture(scope="module")

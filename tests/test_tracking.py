@@ -11,15 +11,12 @@ import matplotlib.image
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_world import DOMAIN, build_data, train_model
+from mlflow_world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
 
 from vqrec import tracking
 from vqrec.lake import resolve_version
 
-
-@pytest.fixture(autouse=True)
-def _no_remote_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+pytestmark = pytest.mark.usefixtures("lake_store")
 
 
 @pytest.fixture(scope="module")
