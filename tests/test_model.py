@@ -321,3 +321,40 @@ def test_dropout_keeps_expectation():
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert out.mean().item() == pytest.approx(1.0, abs=0.01)
     assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_transductive_adds_id_rows_that_start_at_zero_and_fall_back_to_codes(tmp_path):
+    torch.manual_seed(0)
+    codes = torch.randint(0, M, (N_ITEMS + 1, D))
+    inductive = VQRec(tiny_config())
+    inductive.set_catalogue(codes=codes)
+    model = VQRec(tiny_config(transductive=True))
+    model.set_catalogue(codes=codes)
+    model.load_backbone_state_dict(inductive.backbone_state_dict())
+    model.load_lookup_table_state_dict(inductive.lookup_table_state_dict(), without_id_rows=True)
+    assert model.id_embedding.weight.shape == (N_ITEMS + 1, 16)
+    # Zero ID rows: the transferred model starts exactly where the inductive one is.
+    torch.testing.assert_close(model.all_item_embeddings(), inductive.all_item_embeddings())
+    with torch.no_grad():
+        model.id_embedding.weight[1:] = torch.randn(N_ITEMS, 16)
+    ids = torch.tensor([0, 3, 7])
+    expected = inductive.item_embeddings(ids) + model.id_embedding.weight[ids]
+    torch.testing.assert_close(model.item_embeddings(ids), expected)
+    assert model.item_embeddings(torch.tensor([0])).abs().sum() == 0  # padding stays zero
+    # Only the item table (codes + ID rows) and the input LayerNorm train in transfer.
+    model.freeze_backbone()
+    assert model.id_embedding.weight.requires_grad and model.code_embedding.weight.requires_grad
+    # A larger catalogue keeps the trained ID rows; the new item is its code alone.
+    grown = torch.cat([codes, torch.randint(0, M, (1, D))])
+    before = model.id_embedding.weight.detach().clone()
+    model.set_catalogue(codes=grown)
+    torch.testing.assert_close(model.id_embedding.weight[: N_ITEMS + 1], before)
+    new = torch.tensor([N_ITEMS + 1])
+    torch.testing.assert_close(model.item_embeddings(new), model.code_embeddings(grown[new]))
+    # Saved and loaded with its ID rows.
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.transductive
+    torch.testing.assert_close(loaded.all_item_embeddings(), model.all_item_embeddings())
+    with pytest.raises(ValueError, match="transductive"):
+        tiny_config("id", transductive=True)

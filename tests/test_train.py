@@ -109,7 +109,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path, mode: str, stop: 
     data = topic_domain("T", 80, 120, 6, seed=5)
     backbone = None
     base = dict(mode=mode, epochs=3, batch_size=64, patience=5, progress=False, seed=7)
-    base |= dict(permutation_epochs=2)
+    base |= dict(permutation="learned", permutation_epochs=2)
     if mode == "transfer":
         pre = pretrain(
             merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
@@ -206,3 +206,42 @@ def test_cli_smoke_pretrain_transfer_evaluate_beats_popularity(lake: Path, capsy
     assert (
         model.lookup_table_state_dict()["code_embedding.weight"] == table["code_embedding.weight"]
     ).all()
+
+
+def test_time_budget_covers_the_permutation_phase() -> None:
+    """A budget crossed during the permutation phase ends it (what was learned is applied),
+    and fine-tuning then stops after its first epoch: no phase runs past the budget."""
+    torch.set_num_threads(1)
+    pre = pretrain(
+        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
+        TrainConfig(epochs=1, batch_size=64, progress=False),
+        ModelConfig(**TINY),
+    )
+    cfg = TrainConfig(mode="transfer", epochs=50, batch_size=64, permutation="learned",
+                      permutation_epochs=50, progress=False, time_budget_min=1e-4)  # fmt: skip
+    result = finetune(topic_domain("T", 80, 120, 6, seed=5), cfg, ModelConfig(**TINY), pre.model)
+    phases = [(h["phase"], h["epoch"]) for h in result.metrics["history"]]
+    assert phases == [("permutation", 1), ("train", 1)]
+    assert result.metrics["stopped_by"].startswith("time budget")
+    assert all(h["valid_seconds"] >= 0 for h in result.metrics["history"])
+
+
+def test_matched_alignment_is_applied_before_fine_tuning() -> None:
+    """permutation='matched' needs the items' backbone codes, costs no epoch, and starts
+    fine-tuning from the table the matched assignment reorders."""
+    torch.set_num_threads(1)
+    pre = pretrain(
+        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
+        TrainConfig(epochs=1, batch_size=64, progress=False),
+        ModelConfig(**TINY),
+    )
+    data = topic_domain("T", 80, 120, 6, seed=5)
+    cfg = TrainConfig(mode="transfer", epochs=1, batch_size=64, permutation="matched",
+                      progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="backbone's quantizer"):
+        finetune(data, cfg, ModelConfig(**TINY), pre.model)
+    # Planted: the domain's code i of block d is the backbone's code (i + 1) mod M.
+    data.backbone_codes = (data.codes + 1) % M
+    data.backbone_codes[0] = 0
+    result = finetune(data, cfg, ModelConfig(**TINY), pre.model)
+    assert [h["phase"] for h in result.metrics["history"]] == ["train"]

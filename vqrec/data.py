@@ -151,6 +151,9 @@ class DomainData:
     splits: dict[str, Sequences]
     codes: np.ndarray | None = None  # int64 (n_items+1, D), raw codes 0..M-1, row 0 unused
     text: np.ndarray | None = None  # float32 (n_items+1, d), row 0 zeros
+    # int64 (n_items+1, D): the items coded by the quantizer the backbone was pre-trained
+    # with (the "matched" alignment's view of what the backbone knows); row 0 unused
+    backbone_codes: np.ndarray | None = None
     source: dict[str, Any] = field(default_factory=dict)  # versions/paths it was read from
 
     def check(self) -> None:

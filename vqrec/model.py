@@ -11,6 +11,12 @@ variant shares the Transformer, the scoring and the evaluation:
 * ``item_encoder="text"``: the frozen sentence embedding of the item through a learned
   linear adaptor (UniSRec-style, without the mixture of experts).
 
+Beyond the paper, ``transductive=True`` (vq only) adds one learned ID row per item to its
+code mean (UniSRec's transductive fine-tune, MISSRec's "with IDs"). The ID table starts at
+zero, so a transferred model starts exactly where the inductive one does, and an item
+without an ID row (one unseen in training, coded from its text at serving time) is
+represented by its code alone.
+
 The sequence encoder follows RecBole's SASRec / TransformerEncoder: item representation +
 learned position, LayerNorm, dropout, post-LN Transformer layers with a GELU feed-forward,
 output at the last real position. Scores are cosine similarities divided by a temperature.
@@ -66,12 +72,15 @@ class ModelConfig:
     max_len: int = 50
     temperature: float = 0.07
     layer_norm_eps: float = 1e-12
+    transductive: bool = False  # vq: + a learned ID row per catalogue item (zero-initialised)
 
     def __post_init__(self) -> None:
         if self.item_encoder not in ITEM_ENCODERS:
             raise ValueError(
                 f"item_encoder must be one of {ITEM_ENCODERS}, not {self.item_encoder!r}"
             )
+        if self.transductive and self.item_encoder != "vq":
+            raise ValueError("transductive=True adds ID rows to codes: it needs item_encoder='vq'")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         for name in ("code_dim", "code_cap", "hidden", "inner", "layers", "heads", "max_len"):
@@ -230,6 +239,8 @@ class VQRec(nn.Module):
         if c.item_encoder == "vq":
             self.code_embedding = nn.Embedding(c.code_dim * (c.code_cap + 1), c.hidden)
             self.register_buffer("item_codes", torch.zeros(n_items, c.code_dim, dtype=torch.long))
+            if c.transductive:
+                self.id_embedding = nn.Embedding(n_items, c.hidden, padding_idx=0)
         elif c.item_encoder == "id":
             self.id_embedding = nn.Embedding(n_items, c.hidden, padding_idx=0)
         else:
@@ -244,6 +255,8 @@ class VQRec(nn.Module):
         self.code_table_override: torch.Tensor | None = None
         self.apply(self._init_weights)
         self._zero_padding_rows()
+        if c.transductive:
+            nn.init.zeros_(self.id_embedding.weight)
 
     # ------------------------------------------------------------------ initialisation
     @staticmethod
@@ -306,6 +319,8 @@ class VQRec(nn.Module):
             self.item_codes = self.shift_codes(codes).to(self.device)
             self.item_codes[0] = 0  # item 0 = padding: every lookup hits padding row 0
             c.n_items = codes.shape[0]
+            if c.transductive:
+                self._resize_id_rows(c.n_items)
         elif c.item_encoder == "text":
             if text is None:
                 raise ValueError("item_encoder='text' needs text=(N+1, text_dim) embeddings")
@@ -328,6 +343,19 @@ class VQRec(nn.Module):
             self.id_embedding = table
             self._zero_padding_rows()
             c.n_items = n_items
+
+    def _resize_id_rows(self, n_items: int) -> None:
+        """Transductive: an ID table of ``n_items`` rows; rows of items it already had keep
+        their values, new rows start at zero (= the item's code alone)."""
+        old = self.id_embedding.weight
+        if old.shape[0] == n_items:
+            return
+        table = nn.Embedding(n_items, self.config.hidden, padding_idx=0).to(old.device)
+        with torch.no_grad():
+            table.weight.zero_()
+            keep = min(n_items, old.shape[0])
+            table.weight[:keep] = old[:keep]
+        self.id_embedding = table
 
     def shift_codes(self, codes: torch.LongTensor) -> torch.LongTensor:
         """Raw codes [..., D] in 0..M-1 -> rows of the code table (+1, offset per block)."""
@@ -375,7 +403,10 @@ class VQRec(nn.Module):
         """Embeddings of a flat vector of distinct item ids: (U,) -> (U, H)."""
         enc = self.config.item_encoder
         if enc == "vq":
-            return self._embed_shifted(self.item_codes[ids])
+            emb = self._embed_shifted(self.item_codes[ids])
+            if self.config.transductive:  # row 0 (padding) is zero: padding stays zero
+                emb = emb + F.embedding(ids, self.id_embedding.weight, padding_idx=0)
+            return emb
         if enc == "text":
             emb = self.text_adaptor(self.item_text[ids])
             return emb * (ids != 0).unsqueeze(-1)  # padding -> zeros (the adaptor has a bias)
@@ -403,7 +434,8 @@ class VQRec(nn.Module):
     def code_embeddings(self, codes: torch.LongTensor) -> torch.Tensor:
         """Raw codes [..., D] in 0..M-1 -> [..., H], the mean of their D code rows.
 
-        Used for semi-synthetic negatives and for items unseen in training.
+        Used for semi-synthetic negatives and for items unseen in training (which have no
+        ID row in a transductive model: they are their code alone).
         """
         c = self.config
         if c.item_encoder != "vq":
@@ -511,9 +543,18 @@ class VQRec(nn.Module):
         """Load a backbone (from any catalogue) into this model; item tables are untouched."""
         self._load_part(state, set(self.backbone_state_dict()), "backbone state dict")
 
-    def load_lookup_table_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a domain's lookup table (and input LayerNorm) into this model."""
-        self._load_part(state, set(self.lookup_table_state_dict()), "lookup table state dict")
+    def load_lookup_table_state_dict(
+        self, state: dict[str, torch.Tensor], without_id_rows: bool = False
+    ) -> None:
+        """Load a domain's lookup table (and input LayerNorm) into this model.
+
+        ``without_id_rows``: ``state`` comes from an inductive model (a pre-trained backbone)
+        and this model's ID rows, if any, keep their values.
+        """
+        expected = set(self.lookup_table_state_dict())
+        if without_id_rows:
+            expected = {k for k in expected if not k.startswith("id_embedding.")}
+        self._load_part(state, expected, "lookup table state dict")
 
 
 # ---------------------------------------------------------------------- safetensors files
@@ -579,6 +620,8 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> VQRec
     enc = model.config.item_encoder
     if enc == "vq":  # buffers are stored shifted; size the catalogue, then load them as-is
         model.item_codes = torch.zeros_like(tensors["item_codes"])
+        if model.config.transductive:
+            model._resize_id_rows(tensors["id_embedding.weight"].shape[0])
     elif enc == "text":
         model.item_text = torch.zeros_like(tensors["item_text"])
     else:

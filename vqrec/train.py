@@ -65,9 +65,18 @@ from vqrec.lake import (
 )
 from vqrec.losses import contrastive_loss, corrupt_codes, full_softmax_loss
 from vqrec.model import ModelConfig, VQRec, load_model, save_lookup_table, save_model
+from vqrec.permutation import (
+    CodePermutation,
+    apply_permutation,
+    matched_permutation,
+    permuted_code_table,
+)
 
 MODES = ("pretrain", "transfer", "full", "scratch")
-PERMUTATIONS = ("learned", "identity", "random")
+# How a transferred domain's codes are aligned with the pre-trained table (vqrec.permutation):
+# matched: the data-driven assignment (no training); learned: Gumbel-Sinkhorn epochs (the
+# paper's); identity / random: ablations.
+PERMUTATIONS = ("matched", "learned", "identity", "random")
 EARLY_STOP_METRIC = "ndcg@10"
 
 
@@ -95,12 +104,14 @@ class TrainConfig:
     targets: str = "last"
     max_len: int = 50
     eval_batch_size: int = 1024
-    valid_rows: int = 0  # pre-training: evaluate on at most this many valid rows/domain (0 all)
+    valid_rows: int = 0  # evaluate on a fixed sample of at most this many valid rows/domain (0 all)
     amp: bool = False  # bf16 autocast (off: not measured to help on CPU)
     compile: bool = False  # torch.compile the training objective (off: not measured)
     progress: bool = True  # tqdm bars
     stop_after_epochs: int = 0  # >0: stop (as if killed) after this many epochs of this run
-    time_budget_min: float = 0.0  # >0: the epoch that crosses this wall time is the last
+    # >0: the epoch (of any phase) that crosses this wall time is the last of its phase, and
+    # the fine-tuning phase then stops after its first epoch
+    time_budget_min: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -393,10 +404,14 @@ class Loop:
             )
         if self.bad_epochs >= self.cfg.patience:
             self.stopped_by = f"patience ({self.cfg.patience} epochs without a better valid)"
-        budget = self.cfg.time_budget_min * 60
-        if not self.stopped_by and budget and time.perf_counter() - self.started > budget:
+        if not self.stopped_by and self.out_of_time():
             self.stopped_by = f"time budget ({self.cfg.time_budget_min} min)"
         return bool(self.stopped_by)
+
+    def out_of_time(self) -> bool:
+        """True once this run has used its ``time_budget_min`` (0: no budget)."""
+        budget = self.cfg.time_budget_min * 60
+        return bool(budget) and time.perf_counter() - self.started > budget
 
 
 def _result(loop: Loop, model: VQRec, cfg: TrainConfig, test: dict[str, Any]) -> TrainResult:
@@ -431,6 +446,12 @@ def _eval_valid(
 ) -> dict[str, float]:
     config = EvalConfig(batch_size=cfg.eval_batch_size, max_len=cfg.max_len)
     return evaluate(model, seqs, config=config, device=device, **kw)
+
+
+def _timed(fn, *args, **kw) -> tuple[Any, float]:
+    """(fn's result, its wall seconds): validation time is part of an epoch's cost."""
+    t0 = time.perf_counter()
+    return fn(*args, **kw), round(time.perf_counter() - t0, 3)
 
 
 def _subsample(seqs: Sequences, n: int, seed: int) -> Sequences:
@@ -507,7 +528,7 @@ def pretrain(
         model.train()
         rows = data.chains if cfg.targets == "all" else data.train
         entry = loop.run_epoch(rows, step, optimizer, f"pretrain {epoch}", params)
-        metrics = valid_metrics() if rank == 0 else {}
+        metrics, entry["valid_seconds"] = _timed(valid_metrics) if rank == 0 else ({}, 0.0)
         if world > 1:  # rank 0 evaluates; everyone follows its early-stopping decision
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
@@ -545,6 +566,25 @@ def _random_permutation(code_dim: int, code_cap: int, seed: int) -> torch.LongTe
     return torch.stack([torch.randperm(code_cap, generator=gen) for _ in range(code_dim)])
 
 
+def _matched_permutation(model: VQRec, data: DomainData) -> torch.LongTensor:
+    """The data-driven alignment (vqrec.permutation.matched_permutation) of ``data``'s codes
+    with the model's pre-trained table, items weighted by 1 + their training frequency."""
+    if data.backbone_codes is None:
+        raise ValueError(
+            f"domain {data.name}: permutation 'matched' needs the items' codes under the "
+            "backbone's quantizer (finetune_to_lake reads them; give backbone_codes)"
+        )
+    with torch.no_grad():
+        ids = torch.arange(1, data.n_items + 1)
+        targets = model.code_embeddings(torch.from_numpy(data.backbone_codes[1:]).to(model.device))
+        train = data.splits["train"]
+        counts = np.bincount(np.concatenate([train.items, train.targets]), minlength=len(ids) + 1)
+        weights = torch.from_numpy(1.0 + counts[1:]).float()
+        return matched_permutation(
+            model.code_blocks().cpu(), torch.from_numpy(data.codes[1:]), targets.cpu(), weights
+        )
+
+
 def build_domain_model(
     data: DomainData, cfg: TrainConfig, model_cfg: ModelConfig, backbone: VQRec | None
 ) -> VQRec:
@@ -552,7 +592,8 @@ def build_domain_model(
     if cfg.mode in ("transfer", "full"):
         if backbone is None:
             raise ValueError(f"mode {cfg.mode!r} needs a pre-trained backbone")
-        model_cfg = dataclasses.replace(backbone.config)
+        # The backbone's shape; the domain's own item table decides only whether it has ID rows.
+        model_cfg = dataclasses.replace(backbone.config, transductive=model_cfg.transductive)
     if cfg.mode == "scratch" and model_cfg.item_encoder == "vq" and data.codes is not None:
         model_cfg = dataclasses.replace(model_cfg, code_dim=int(data.codes.shape[1]))
     model = VQRec(model_cfg)
@@ -576,7 +617,9 @@ def build_domain_model(
         # Backbone and the pre-trained code table (the starting point the permutation aligns
         # the domain's codes to); the catalogue buffer stays the domain's.
         model.load_backbone_state_dict(backbone.backbone_state_dict())
-        model.load_lookup_table_state_dict(backbone.lookup_table_state_dict())
+        model.load_lookup_table_state_dict(
+            backbone.lookup_table_state_dict(), without_id_rows=model_cfg.transductive
+        )
     return model
 
 
@@ -596,7 +639,7 @@ def finetune(
     model = build_domain_model(data, cfg, model_cfg or ModelConfig(), backbone).to(device)
     loop = Loop(cfg, model, device, checkpoint, resume)
     train = training_rows(data, cfg)
-    valid = data.splits["valid"]
+    valid = _subsample(data.splits["valid"], cfg.valid_rows, cfg.seed)
     objective: nn.Module = FinetuneObjective(model, model.config.temperature)
     if cfg.compile:
         objective = torch.compile(objective)
@@ -606,10 +649,10 @@ def finetune(
     if pre_trained and cfg.permutation == "learned":
         _learn_permutation(loop, data, cfg, model, objective, device)
     elif pre_trained and cfg.permutation == "random" and loop.finished("train", 1) == 0:
-        from vqrec.permutation import apply_permutation
-
         c = model.config
         apply_permutation(model, _random_permutation(c.code_dim, c.code_cap, cfg.seed).to(device))
+    elif pre_trained and cfg.permutation == "matched" and loop.finished("train", 1) == 0:
+        apply_permutation(model, _matched_permutation(model, data).to(device))
 
     # Phase 2: fine-tune the lookup table (transfer) or everything (full, scratch).
     if cfg.mode == "transfer":
@@ -627,7 +670,7 @@ def finetune(
             break
         model.train()
         entry = loop.run_epoch(train, objective, optimizer, f"{cfg.mode} {epoch}", params)
-        metrics = _eval_valid(model, valid, cfg, device)
+        metrics, entry["valid_seconds"] = _timed(_eval_valid, model, valid, cfg, device)
         stop = loop.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
         loop.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
         loop.tick()
@@ -647,8 +690,6 @@ def _learn_permutation(
     device: torch.device,
 ) -> None:
     """Learn one permutation per code block with everything else frozen, then apply it."""
-    from vqrec.permutation import CodePermutation, apply_permutation, permuted_code_table
-
     c = model.config
     perm = CodePermutation(c.code_dim, c.code_cap, sinkhorn_iters=cfg.sinkhorn_iters).to(device)
     optimizer = _optimizer(list(perm.parameters()), cfg.permutation_lr, 0.0)
@@ -662,6 +703,7 @@ def _learn_permutation(
         return  # resumed after the permutation was applied: the restored model holds it
     for p in model.parameters():
         p.requires_grad_(False)
+    valid = _subsample(data.splits["valid"], cfg.valid_rows, cfg.seed)
 
     def step(hist, lengths, targets):
         with model.using_code_table(permuted_code_table(model, perm)):
@@ -679,7 +721,7 @@ def _learn_permutation(
         )
         perm.eval()  # no Gumbel noise: validate the permutation as it would be applied
         with torch.no_grad(), model.using_code_table(permuted_code_table(model, perm)):
-            metrics = _eval_valid(model, data.splits["valid"], cfg, device)
+            metrics, entry["valid_seconds"] = _timed(_eval_valid, model, valid, cfg, device)
         loop.history.append({"phase": "permutation", "epoch": epoch, "valid": metrics, **entry})
         if loop.rank == 0:
             print(
@@ -690,6 +732,8 @@ def _learn_permutation(
         state = {"permutation": _cpu_state(perm), "optimizer": optimizer.state_dict()}
         loop.save("permutation", epoch, state, done=False)
         loop.tick()
+        if loop.out_of_time():  # the budget covers this phase too: apply what was learned
+            break
     with torch.no_grad():
         apply_permutation(model, perm.hard().to(device))
     model.unfreeze_all()
@@ -774,6 +818,27 @@ def _code_cap(lake: Path, codes_version: str | None) -> int | None:
         return None
 
 
+def backbone_codes(lake: Path, backbone_dir: Path, data: DomainData) -> np.ndarray:
+    """``data``'s items coded by the frozen quantizer the backbone was pre-trained with.
+
+    The backbone's config names, per pre-training domain, the codes version and quantizer
+    it was trained on; ``data.text`` holds the domain's embeddings (row 0 padding).
+    """
+    from vqrec.quantize import code_new_items
+
+    info = json.loads((backbone_dir / "backbone" / "config.json").read_text())
+    used = {(s["codes"], s.get("quantizer")) for s in info["data"].values()}
+    if len(used) != 1 or None in next(iter(used)):
+        raise ValueError(
+            f"{backbone_dir}: the backbone's domains do not name one codes version and "
+            f"quantizer ({sorted(map(str, used))}): cannot align codes by matching"
+        )
+    version, quantizer = used.pop()
+    codes_dir = resolve_version(lake, "codes", version)
+    codes = code_new_items(codes_dir, data.name, data.text[1:], quantizer=quantizer)
+    return np.concatenate([np.zeros((1, codes.shape[1]), np.int64), codes.astype(np.int64)])
+
+
 def pretrain_to_lake(
     lake: str | os.PathLike[str],
     version: str,
@@ -837,6 +902,7 @@ def finetune_to_lake(
         backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
     model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
     encoder = model_cfg.item_encoder
+    matched = backbone is not None and encoder == "vq" and cfg.permutation == "matched"
     data = load_domain(
         lake,
         domain,
@@ -844,8 +910,10 @@ def finetune_to_lake(
         codes_version,
         embeddings_version,
         need_codes=encoder == "vq",
-        need_text=encoder == "text",
+        need_text=encoder == "text" or matched,
     )
+    if matched:
+        data.backbone_codes = backbone_codes(lake, backbone_dir, data)
     part = f"domain-{domain}"
     checkpoint = _checkpoint_path(lake, version, part)
     result = finetune(data, cfg, model_cfg, backbone, checkpoint, resume)
@@ -971,7 +1039,7 @@ def main_finetune(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", required=True)
     parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
     parser.add_argument("--mode", default="transfer", choices=["transfer", "full", "scratch"])
-    parser.add_argument("--permutation", default="learned", choices=list(PERMUTATIONS))
+    parser.add_argument("--permutation", default=TrainConfig.permutation, choices=PERMUTATIONS)
     parser.add_argument("--permutation-epochs", type=int, default=TrainConfig.permutation_epochs)
     parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
     parser.add_argument("--embeddings-version", default=None)

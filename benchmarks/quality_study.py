@@ -1,0 +1,451 @@
+"""The transfer quality study on real data: one resumable command, results in a tracked file.
+
+Two transfer targets, each with a backbone pre-trained on the other two domains of
+../shared/data (read in place, never copied):
+
+* ``Scientific`` (the paper's target): backbone on Games + Beauty;
+* ``Beauty`` (the second target, so the claim is not one domain's luck): backbone on
+  Games + Scientific.
+
+For each target the study builds a lake under ``var/quality/lake`` from the published
+reference splits (``clean/reference``, ``embeddings/reference`` with all-MiniLM-L6-v2,
+cached as .npy under var/quality/ so a rerun never encodes again, and two codes versions:
+``<t>-domain``, the target with its own strict quantizer, and ``<t>-shared``, the target
+coded by the frozen pre-training quantizer), pre-trains the backbone to early stopping on
+a fixed valid subsample (resumable checkpoints), then trains every row of :data:`ROWS`
+for every seed through the same code path as ``vqrec finetune`` (resumable too).
+
+Every finished row is appended to ``benchmarks/results/quality.jsonl`` (one JSON object:
+row, domain, seed, config, epochs, best_epoch, valid, test, wall_s, commit, curve);
+a row already there is skipped, so a stopped study resumes where it was. The backbone's
+curve goes to ``benchmarks/results/backbone-<target>.json``.
+
+    python benchmarks/quality_study.py run                 # everything (hours on 2 cores)
+    python benchmarks/quality_study.py run --target Scientific --rows vq-transfer --seeds 1
+    python benchmarks/quality_study.py table               # mean ± std per row vs anchors
+    python benchmarks/quality_study.py plot                # valid N@10 vs wall-clock
+
+Only a safety cap bounds a training (``--safety-cap-min``); early stopping ends it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vqrec.data import SPLITS, DomainData, read_reference_domain
+from vqrec.lake import LakeError, resolve_version, staged_version
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+WORK = ROOT / "var" / "quality"
+LAKE = WORK / "lake"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+RESULTS = RESULTS_DIR / "quality.jsonl"
+DOMAINS = ("Games", "Beauty", "Scientific")
+# target -> the domains its backbone is pre-trained on
+SPLIT = {"Scientific": ("Games", "Beauty"), "Beauty": ("Games", "Scientific")}
+SEEDS = (2026, 2027, 2028)
+# Published anchors (test, full ranking, leave-one-out).
+ANCHORS = {
+    "Scientific": {
+        "paper VQ-Rec (BERT, 5 domains)": {"recall@10": 0.1211, "ndcg@10": 0.0643},
+        "official VQ-Rec checkpoint (2023-03)": {"recall@10": 0.1238, "ndcg@10": 0.0645},
+        "MISSRec with IDs, no pre-training": {"recall@10": 0.1282, "ndcg@10": 0.0711},
+        "MISSRec with IDs, pre-trained": {"ndcg@10": 0.0753},
+    },
+}
+
+# Pre-training: the settings of the backbone (changing them starts a new checkpoint).
+PRETRAIN_FLAGS = [
+    "--batch-size", "2048", "--lr", "1e-3", "--targets", "all", "--valid-rows", "3000",
+    "--patience", "5", "--epochs", "300", "--seed", "2026",
+]  # fmt: skip
+
+TRANSDUCTIVE = '{"transductive": true}'
+# Row name -> (finetune flags, codes strategy of the target). Every row uses the pipeline's
+# fine-tune defaults except what its flags say.
+ROWS: dict[str, tuple[list[str], str]] = {
+    "id": (["--mode", "scratch", "--item-encoder", "id"], "domain"),
+    "text": (["--mode", "scratch", "--item-encoder", "text"], "domain"),
+    "vq-scratch": (["--mode", "scratch"], "domain"),
+    "vq-transfer": (["--mode", "transfer"], "domain"),
+    "vq-full": (["--mode", "full"], "domain"),
+    "vq-transductive": (["--mode", "transfer", "--model-config", TRANSDUCTIVE], "domain"),
+    # ablations of the alignment (one seed unless they decide a default)
+    "vq-transfer-learned": (["--mode", "transfer", "--permutation", "learned"], "domain"),
+    "vq-transfer-identity": (["--mode", "transfer", "--permutation", "identity"], "domain"),
+    "vq-transfer-random": (["--mode", "transfer", "--permutation", "random"], "domain"),
+    "vq-transfer-matched": (["--mode", "transfer", "--permutation", "matched"], "domain"),
+    "vq-transfer-shared": (["--mode", "transfer", "--permutation", "identity"], "shared"),
+}  # fmt: skip
+MAIN_ROWS = ("id", "text", "vq-scratch", "vq-transfer", "vq-full", "vq-transductive")
+SECOND_TARGET_ROWS = ("id", "text", "vq-scratch", "vq-transfer")
+ABLATIONS = tuple(r for r in ROWS if r.startswith("vq-transfer-"))
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "vqrec"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------- the lake
+
+
+def _sequence_table(data: DomainData) -> pa.Table:
+    cols: dict[str, list] = {"split": [], "user_idx": [], "history": [], "target": []}
+    for split in SPLITS:
+        seqs = data.splits[split]
+        cols["split"] += [split] * len(seqs)
+        cols["user_idx"] += seqs.users.tolist()
+        cols["target"] += seqs.targets.tolist()
+        cols["history"] += [
+            seqs.items[seqs.offsets[r] : seqs.offsets[r + 1]].tolist() for r in range(len(seqs))
+        ]
+    schema = pa.schema(
+        [
+            ("split", pa.string()),
+            ("user_idx", pa.int32()),
+            ("history", pa.list_(pa.int32())),
+            ("target", pa.int32()),
+        ]
+    )
+    return pa.table(cols, schema=schema)
+
+
+def encode(domain: str, texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings of ``texts`` (cached by content under var/quality)."""
+    digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
+    cache = WORK / f"emb-{domain}-{digest}.npy"
+    if cache.exists():
+        return np.load(cache)
+    from vqrec.encoder import encode_texts, load_encoder
+
+    t0 = time.time()
+    emb = encode_texts(load_encoder(None), texts, batch_size=128)
+    print(f"encoded {len(texts)} {domain} texts in {time.time() - t0:.0f} s", flush=True)
+    np.save(cache, emb)
+    return emb
+
+
+def _committed(stage: str, version: str) -> bool:
+    try:
+        resolve_version(LAKE, stage, version)
+        return True
+    except LakeError:
+        return False
+
+
+def prepare() -> None:
+    """clean/reference, embeddings/reference and both codes versions of every target."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not _committed("embeddings", "reference"):
+        domains = {d: read_reference_domain(SHARED / d / "reference", d) for d in DOMAINS}
+        with staged_version(LAKE, "clean", "reference", {"source": str(SHARED)}) as out:
+            for name, data in domains.items():
+                _write_clean(out, name, data)
+        meta = {"encoder": "all-MiniLM-L6-v2"}
+        with staged_version(LAKE, "embeddings", "reference", meta) as out:
+            for name, data in domains.items():
+                _write_embeddings(out, name, data)
+    for target in SPLIT:
+        _codes(target)
+
+
+def _write_clean(out: Path, name: str, data: DomainData) -> None:
+    folder = out / "sequences" / f"domain={name}"
+    folder.mkdir(parents=True)
+    pq.write_table(_sequence_table(data), folder / "part-0.parquet")
+    folder = out / "items" / f"domain={name}"
+    folder.mkdir(parents=True)
+    texts = data.source["texts"][1:]
+    items = pa.table(
+        {
+            "item_idx": pa.array(range(1, data.n_items + 1), pa.int32()),
+            "item_id": data.source["item_ids"][1:],
+            "text": texts,
+            "text_hash": [hashlib.sha1(t.encode()).hexdigest() for t in texts],
+        }
+    )
+    pq.write_table(items, folder / "part-0.parquet")
+
+
+def _write_embeddings(out: Path, name: str, data: DomainData) -> None:
+    emb = encode(name, data.source["texts"][1:])
+    folder = out / "items" / f"domain={name}"
+    folder.mkdir(parents=True)
+    table = pa.table(
+        {
+            "item_idx": pa.array(range(1, data.n_items + 1), pa.int32()),
+            "item_id": data.source["item_ids"][1:],
+            "embedding": pa.array(list(emb), pa.list_(pa.float32())),
+            "norm": pa.array(np.linalg.norm(emb, axis=1), pa.float32()),
+            "encoder": ["all-MiniLM-L6-v2"] * data.n_items,
+        }
+    )
+    pq.write_table(table, folder / "part-0.parquet")
+
+
+def _codes(target: str) -> None:
+    """codes/<t>-domain (pre-training quantizer + the target's own) and <t>-shared."""
+    from vqrec.quantize import CodesConfig, run_codes
+
+    common = {"lake": str(LAKE), "embeddings_version": "reference", "clean_version": "reference"}
+    own, shared = f"{target.lower()}-domain", f"{target.lower()}-shared"
+    if not _committed("codes", own):
+        t0 = time.time()
+        summary = run_codes(CodesConfig(SPLIT[target], (target,), "domain", version=own, **common))
+        print(f"codes {own} in {time.time() - t0:.0f} s", json.dumps(summary["stats"])[:300])
+    if not _committed("codes", shared):
+        summary = run_codes(
+            CodesConfig((), SPLIT[target], "shared", version=shared, frozen_from=own, **common)
+        )
+        print(f"codes {shared}", json.dumps(summary["stats"])[:300], flush=True)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def backbone_version(target: str) -> str:
+    return "backbone-" + "-".join(d.lower() for d in SPLIT[target])
+
+
+def pretrain(target: str, cap_min: float) -> None:
+    """Pre-train (or resume) the target's backbone; its curve -> results/backbone-<t>.json."""
+    from vqrec.train import main_pretrain
+
+    version = backbone_version(target)
+    if not _committed("models", version):
+        t0 = time.time()
+        rc = main_pretrain(
+            ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
+            + ["--version", version, "--codes-version", f"{target.lower()}-domain"]
+            + ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
+            + PRETRAIN_FLAGS
+        )
+        if rc:
+            raise SystemExit(rc)
+        print(f"pre-training {version}: {time.time() - t0:.0f} s this run", flush=True)
+    out = RESULTS_DIR / f"backbone-{target}.json"
+    if not out.exists():
+        folder = resolve_version(LAKE, "models", version) / "backbone"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        doc = {
+            "version": version,
+            "domains": list(SPLIT[target]),
+            "flags": PRETRAIN_FLAGS,
+            "best_epoch": metrics["best_epoch"],
+            "stopped_by": metrics["stopped_by"],
+            "valid": metrics["valid"],
+            "test": metrics["test"],
+            "curve": [
+                {k: h[k] for k in ("epoch", "loss", "seconds")}
+                | {"valid_ndcg@10": h["valid"].get("ndcg@10")}
+                for h in metrics["history"]
+            ],
+            "commit": _commit(),
+        }
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def finished() -> set[tuple[str, str, int]]:
+    if not RESULTS.exists():
+        return set()
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    return {(r["row"], r["domain"], r["seed"]) for r in rows}
+
+
+def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float) -> dict:
+    """Fine-tune one row for one seed (resumable) and return its result record."""
+    from vqrec.train import main_finetune
+
+    flags, strategy = ROWS[row]
+    version = f"{target.lower()}-{row}-s{seed}"
+    t0 = time.time()
+    rc = main_finetune(
+        ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
+        + ["--version", version, "--domain", target, "--seed", str(seed)]
+        + ["--codes-version", f"{target.lower()}-{strategy}", "--embeddings-version", "reference"]
+        + ["--backbone-version", backbone_version(target), "--time-budget-min", str(cap_min)]
+        + flags
+        + extra
+    )
+    if rc:
+        raise SystemExit(rc)
+    folder = resolve_version(LAKE, "models", version) / "domains" / target
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    train_epochs = [h for h in metrics["history"] if h["phase"] == "train"]
+    elapsed, curve = 0.0, []
+    for h in metrics["history"]:
+        elapsed += h.get("seconds", 0.0) + h.get("valid_seconds", 0.0)
+        curve.append(
+            {"phase": h["phase"], "epoch": h["epoch"], "loss": round(h["loss"], 5)}
+            | {"wall_s": round(elapsed, 1), "valid_ndcg@10": h["valid"].get("ndcg@10")}
+        )
+    return {
+        "row": row,
+        "domain": target,
+        "seed": seed,
+        "config": {"flags": flags + extra, "codes": strategy}
+        | {"train": config["train"], "model": config["model"]},
+        "epochs": len(train_epochs),
+        "best_epoch": metrics["best_epoch"],
+        "stopped_by": metrics["stopped_by"],
+        "valid": metrics["valid"],
+        "test": metrics["test"],
+        "wall_s": round(time.time() - t0, 1),
+        "commit": _commit(),
+        "curve": curve,
+    }
+
+
+def plan(targets: list[str], rows: list[str], seeds: int) -> list[tuple[str, str, int]]:
+    """(row, target, seed) in the order the study runs them: main rows first."""
+    jobs = []
+    for target in targets:
+        main = MAIN_ROWS if target == "Scientific" else SECOND_TARGET_ROWS
+        names = rows or list(main) + (list(ABLATIONS) if target == "Scientific" else [])
+        for name in names:
+            n = seeds if name in MAIN_ROWS else 1
+            jobs += [(name, target, s) for s in SEEDS[:n]]
+    return sorted(jobs, key=lambda j: (j[2] != SEEDS[0], j[1] != "Scientific"))
+
+
+def run(args: argparse.Namespace) -> None:
+    prepare()
+    targets = [args.target] if args.target != "all" else list(SPLIT)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; known: {sorted(ROWS)}")
+    for target in targets:
+        pretrain(target, args.safety_cap_min)
+    extra = json.loads(args.extra) if args.extra else []
+    for row, target, seed in plan(targets, rows, args.seeds):
+        if (row, target, seed) in finished():
+            continue
+        record = train_row(row, target, seed, extra, args.safety_cap_min)
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        brief = {k: record[k] for k in ("row", "domain", "seed", "best_epoch", "wall_s")}
+        print(json.dumps(brief | {"test": record["test"]}), flush=True)
+    table()
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _records() -> list[dict]:
+    if not RESULTS.exists():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def table() -> None:
+    """Mean ± std over seeds of each (target, row), beside the published anchors."""
+    keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in _records():
+        groups.setdefault((r["domain"], r["row"]), []).append(r)
+    for target in SPLIT:
+        names = [row for (t, row) in groups if t == target]
+        if not names:
+            continue
+        print(f"\n{target} (backbone: {' + '.join(SPLIT[target])}), test, mean ± std over seeds")
+        print(f"{'row':<24}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
+        for row in sorted(names, key=lambda n: list(ROWS).index(n)):
+            recs = groups[(target, row)]
+            cells = ""
+            for k in keys:
+                v = np.array([r["test"][k] for r in recs])
+                cells += f"{v.mean():9.4f} ±{v.std():.4f}" if len(v) > 1 else f"{v[0]:17.4f}"
+            wall = np.mean([r["wall_s"] for r in recs])
+            print(f"{row:<24}{len(recs):>2} {cells}{wall:8.0f}")
+        for name, anchor in ANCHORS.get(target, {}).items():
+            cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
+            print(f"{name[:26]:<26} {cells}")
+
+
+def plot(path: Path) -> None:
+    """Valid N@10 against wall-clock (seed 2026) for transfer, scratch and text, per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in _records() if r["seed"] == SEEDS[0]]
+    targets = sorted({r["domain"] for r in records}, key=list(SPLIT).index)
+    fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(6 * max(len(targets), 1), 4))
+    axes = np.atleast_1d(axes)
+    for ax, target in zip(axes, targets, strict=False):
+        for r in records:
+            if r["domain"] != target or r["row"] not in ("vq-transfer", "vq-scratch", "text"):
+                continue
+            xs = [p["wall_s"] for p in r["curve"]]
+            ys = [p["valid_ndcg@10"] for p in r["curve"]]
+            ax.plot(xs, ys, marker=".", label=r["row"])
+        ax.set_title(f"{target}: valid NDCG@10 vs wall-clock (seed {SEEDS[0]})")
+        ax.set_xlabel("seconds of training + validation (1 CPU thread)")
+        ax.set_ylabel("valid NDCG@10")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["prepare", "pretrain", "run", "table", "plot"])
+    parser.add_argument("--target", default="all", choices=["all", *SPLIT])
+    parser.add_argument("--rows", default="", help="comma-separated row names (default: plan)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main rows")
+    parser.add_argument("--extra", default="", help="JSON list of extra finetune flags")
+    parser.add_argument("--safety-cap-min", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "time_to_quality.png")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.command == "prepare":
+        prepare()
+    elif args.command == "pretrain":
+        prepare()
+        for target in [args.target] if args.target != "all" else list(SPLIT):
+            pretrain(target, args.safety_cap_min)
+    elif args.command == "run":
+        run(args)
+    elif args.command == "plot":
+        plot(args.out)
+    else:
+        table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
