@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from jobs.clean import CleanConfig, run_clean  # noqa: E402
-from jobs.common import spark_session  # noqa: E402
+from vqrec.spark.clean import CleanConfig, run_clean  # noqa: E402
+from vqrec.spark.common import spark_session  # noqa: E402
 
 DATA = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -24,21 +24,19 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before faiss/numpy load their thread pools
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqrec.lake import resolve_version  # noqa: E402
-from vqrec.quantize import (  # noqa: E402
+from vqrec.core.quantizer import (  # noqa: E402
     assign_codes,
     code_stats,
     fit_quantizer,
-    read_embeddings,
     reconstruction_error,
 )
+from vqrec.lake.store import resolve_version  # noqa: E402
+from vqrec.lake.tables import read_item_embeddings  # noqa: E402
 
 
 def synthetic_embeddings(n: int, dim: int, topics: int = 400, seed: int = 0) -> np.ndarray:
@@ -59,7 +57,7 @@ def load(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         parts = [np.load(f).astype(np.float32) for f in args.npy.split(",")]
         return np.concatenate(parts), f"npy:{args.npy}"
     emb_dir = resolve_version(args.lake, "embeddings", args.embeddings_version)
-    parts = [read_embeddings(emb_dir, d)[1] for d in args.domains.split(",")]
+    parts = [read_item_embeddings(emb_dir, d)[1] for d in args.domains.split(",")]
     return np.concatenate(parts), f"lake:{emb_dir.name}:{args.domains}"
 
 

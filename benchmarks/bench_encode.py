@@ -34,15 +34,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from jobs.common import spark_session  # noqa: E402
-from jobs.encode import EncodeConfig, _encode_partition, run_encode  # noqa: E402
-from vqrec.encoder import encode_texts, load_encoder, resolve_model  # noqa: E402
-from vqrec.lake import staged_version  # noqa: E402
+from vqrec.core.encoder import encode_texts, load_encoder, resolve_model  # noqa: E402
+from vqrec.lake.store import staged_version  # noqa: E402
+from vqrec.spark.common import spark_session  # noqa: E402
+from vqrec.spark.encode import EncodeConfig, _encode_partition, run_encode  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

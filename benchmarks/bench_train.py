@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 OFFICIAL_SEQ_PER_S = 350.0
 
@@ -38,9 +37,10 @@ def case(
     import numpy as np
     import torch
 
-    from vqrec.data import merge_domains, read_reference_domain
-    from vqrec.model import ModelConfig
-    from vqrec.train import TrainConfig, finetune, pretrain
+    from vqrec.core.model import ModelConfig
+    from vqrec.core.sequences import merge_domains
+    from vqrec.core.trainer import TrainConfig, finetune, pretrain
+    from vqrec.lake.reference import read_reference_domain
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = read_reference_domain(SHARED / "Scientific" / "reference", "Scientific")

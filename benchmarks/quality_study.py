@@ -43,8 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vqrec.data import SPLITS, DomainData, read_reference_domain
-from vqrec.lake import LakeError, resolve_version, staged_version
+from vqrec.core.sequences import SPLITS, DomainData
+from vqrec.lake.reference import read_reference_domain
+from vqrec.lake.store import LakeError, resolve_version, staged_version
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -139,7 +140,7 @@ def encode(domain: str, texts: list[str]) -> np.ndarray:
     cache = WORK / f"emb-{domain}-{digest}.npy"
     if cache.exists():
         return np.load(cache)
-    from vqrec.encoder import encode_texts, load_encoder
+    from vqrec.core.encoder import encode_texts, load_encoder
 
     t0 = time.time()
     emb = encode_texts(load_encoder(None), texts, batch_size=128)
@@ -208,7 +209,7 @@ def _write_embeddings(out: Path, name: str, data: DomainData) -> None:
 
 def _codes(target: str) -> None:
     """codes/<t>-domain (pre-training quantizer + the target's own) and <t>-shared."""
-    from vqrec.quantize import CodesConfig, run_codes
+    from vqrec.stages.codes import CodesConfig, run_codes
 
     common = {"lake": str(LAKE), "embeddings_version": "reference", "clean_version": "reference"}
     own, shared = f"{target.lower()}-domain", f"{target.lower()}-shared"
@@ -232,7 +233,7 @@ def backbone_version(target: str) -> str:
 
 def pretrain(target: str, cap_min: float) -> None:
     """Pre-train (or resume) the target's backbone; its curve -> results/backbone-<t>.json."""
-    from vqrec.train import main_pretrain
+    from vqrec.stages.train import main_pretrain
 
     version = backbone_version(target)
     if not _committed("models", version):
@@ -278,7 +279,7 @@ def finished() -> set[tuple[str, str, int]]:
 
 def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float) -> dict:
     """Fine-tune one row for one seed (resumable) and return its result record."""
-    from vqrec.train import main_finetune
+    from vqrec.stages.train import main_finetune
 
     flags, strategy = ROWS[row]
     version = f"{target.lower()}-{row}-s{seed}"

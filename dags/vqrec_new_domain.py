@@ -1,6 +1,6 @@
 """vqrec_new_domain: bring one new domain online on the champion backbone (no retrain).
 
-Thin wiring only: the work is vqrec.pipeline and the Spark jobs in jobs/.
+Thin wiring only: the work is vqrec.orchestration.pipeline and the Spark jobs in jobs/.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-from vqrec import pipeline
-from vqrec.airflow_support import (
+from vqrec.orchestration import pipeline
+from vqrec.orchestration.airflow_support import (
     DEFAULT_PARAMS,
     GPU_POOL,
     GPU_QUEUE,

@@ -1,6 +1,7 @@
 """vqrec_nightly: clean, encode, codes, pretrain, finetune per domain, evaluate, register.
 
-Thin wiring only: the work is vqrec.pipeline (tested on its own) and the Spark jobs in jobs/.
+Thin wiring only: the work is vqrec.orchestration.pipeline (tested on its own) and the Spark
+jobs in jobs/.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
-from vqrec import pipeline
-from vqrec.airflow_support import (
+from vqrec.orchestration import airflow_support, pipeline
+from vqrec.orchestration.airflow_support import (
     CLEAN_ALIAS,
     DEFAULT_PARAMS,
     GPU_POOL,
@@ -107,7 +108,7 @@ def vqrec_nightly():
     @task(outlets=[AssetAlias(CLEAN_ALIAS)])
     def publish_clean_assets(plan: dict, *, outlet_events=None) -> list[str]:
         """Emit one asset event per cleaned domain (see docs/ORCHESTRATION.md)."""
-        return pipeline.publish_clean_assets(plan, outlet_events)
+        return airflow_support.publish_clean_assets(plan, outlet_events)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
     def codes(plan: dict) -> dict:

@@ -16,5 +16,5 @@ airflow dags test vqrec_nightly "$DATE" > "$AIRFLOW_HOME/last_nightly.log" 2>&1 
   echo "vqrec_nightly FAILED (full log: $AIRFLOW_HOME/last_nightly.log)" >&2
   exit 1
 }
-python -m vqrec.report --lake "$VQREC_LAKE" --elapsed "$(( $(date +%s) - start ))" \
+python -m vqrec.mlops.report --lake "$VQREC_LAKE" --elapsed "$(( $(date +%s) - start ))" \
   --log "$AIRFLOW_HOME/last_nightly.log"

@@ -98,7 +98,7 @@ import json, sys
 sys.exit(0 if json.load(sys.stdin).get("aliveworkers", 0) >= 1 else 1)'
 }
 check_dags() {  # the DAG files are parsed (the api-server lists vqrec_nightly)
-  "$PY" -m vqrec.stack_client --airflow "$AIRFLOW_URL" --passwords "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" dag vqrec_nightly
+  "$PY" -m vqrec.devtools.stack_client --airflow "$AIRFLOW_URL" --passwords "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" dag vqrec_nightly
 }
 
 cmd_up() {
@@ -202,7 +202,7 @@ cmd_down() {
 
 cmd_trigger() {
   stack_env
-  "$PY" -m vqrec.stack_client --airflow "$AIRFLOW_URL" \
+  "$PY" -m vqrec.devtools.stack_client --airflow "$AIRFLOW_URL" \
     --passwords "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" \
     trigger vqrec_nightly --date "${1:-$(date -u +%Y-%m-%d)}" --wait
 }

@@ -32,7 +32,7 @@ def shared_domain(name: str) -> Path:
 @pytest.fixture(scope="session")
 def spark():
     """A real local[2] SparkSession shared by the whole test session."""
-    from jobs.common import spark_session
+    from vqrec.spark.common import spark_session
 
     session = spark_session("vqrec-tests", master="local[2]")
     yield session

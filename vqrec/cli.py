@@ -11,15 +11,15 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "demo": ("vqrec.demo:main", "generate the bundled multi-domain demo data (raw layout)"),
-    "clean": ("jobs.clean:main", "Spark: raw logs -> clean interactions, splits, items"),
-    "encode": ("jobs.encode:main", "Spark: item text -> sentence embeddings (cached)"),
-    "codes": ("vqrec.quantize:main", "fit OPQ quantizers and assign item codes"),
-    "pretrain": ("vqrec.train:main_pretrain", "pre-train the backbone on several domains"),
-    "finetune": ("vqrec.train:main_finetune", "transfer the backbone to a domain"),
-    "evaluate": ("vqrec.evaluate:main", "full-ranking Recall/NDCG of a trained model"),
-    "baselines": ("vqrec.baselines:main", "ID-only / text / VQ-Rec scratch / transfer table"),
-    "register": ("vqrec.registry:main", "MLflow: register backbone + domain models, promote"),
+    "demo": ("vqrec.devtools.demo:main", "generate the bundled multi-domain demo data"),
+    "clean": ("vqrec.spark.clean:main", "Spark: raw logs -> clean interactions, splits, items"),
+    "encode": ("vqrec.spark.encode:main", "Spark: item text -> sentence embeddings (cached)"),
+    "codes": ("vqrec.stages.codes:main", "fit OPQ quantizers and assign item codes"),
+    "pretrain": ("vqrec.stages.train:main_pretrain", "pre-train the backbone on several domains"),
+    "finetune": ("vqrec.stages.train:main_finetune", "transfer the backbone to a domain"),
+    "evaluate": ("vqrec.stages.evaluate:main", "full-ranking Recall/NDCG of a trained model"),
+    "baselines": ("vqrec.stages.baselines:main", "ID-only / text / VQ-Rec scratch / transfer"),
+    "register": ("vqrec.mlops.registry:main", "MLflow: register backbone + domain models, promote"),
 }
 
 

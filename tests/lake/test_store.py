@@ -1,0 +1,112 @@
+"""The lake's atomic versions: readers only ever see complete outputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vqrec.lake.store import (
+    LakeError,
+    read_success,
+    resolve_version,
+    staged_version,
+    sweep_temp,
+    validate_name,
+)
+
+
+def test_commit_and_resolve(lake):
+    with staged_version(lake, "clean", "v1", metadata={"rows": 3}) as out:
+        (out / "data.txt").write_text("one")
+    path = resolve_version(lake, "clean")
+    assert path == lake / "clean" / "v1"
+    assert (path / "data.txt").read_text() == "one"
+    assert read_success(path)["rows"] == 3
+    assert read_success(path)["version"] == "v1"
+
+
+def test_failed_stage_leaves_previous_version_current(lake):
+    with staged_version(lake, "clean", "v1") as out:
+        (out / "data.txt").write_text("one")
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_version(lake, "clean", "v2") as out:
+            (out / "data.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert resolve_version(lake, "clean").name == "v1"
+    assert not (lake / "clean" / "v2").exists()
+    assert not list((lake / "clean").glob(".tmp-*"))
+    with pytest.raises(LakeError, match="not a committed version"):
+        resolve_version(lake, "clean", "v2")
+
+
+def test_rerun_replaces_a_version_whole(lake):
+    with staged_version(lake, "codes", "v1") as out:
+        (out / "a.txt").write_text("first")
+    with staged_version(lake, "codes", "v1") as out:
+        (out / "b.txt").write_text("second")
+    path = resolve_version(lake, "codes", "v1")
+    assert sorted(p.name for p in path.iterdir()) == ["_SUCCESS", "b.txt"]
+
+
+def test_killed_writer_is_invisible_and_swept(lake, tmp_path):
+    """A real process killed mid-write leaves only a temp folder that readers ignore."""
+    with staged_version(lake, "clean", "v1") as out:
+        (out / "data.txt").write_text("one")
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from vqrec.lake.store import staged_version
+        with staged_version({str(lake)!r}, "clean", "v2") as out:
+            (out / "data.txt").write_text("half")
+            os.kill(os.getpid(), 9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -9
+    assert list((lake / "clean").glob(".tmp-v2-*")), "the killed writer left its temp folder"
+    assert resolve_version(lake, "clean").name == "v1"
+    sweep_temp(lake / "clean")
+    assert not list((lake / "clean").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("bad", ["", "..", "../x", "a/b", ".hidden", "x" * 200, "a b", "é"])
+def test_names_are_validated(bad):
+    with pytest.raises(ValueError, match="invalid"):
+        validate_name(bad)
+
+
+def test_missing_stage_is_a_clear_error(lake):
+    with pytest.raises(LakeError, match="no committed version of stage 'codes'"):
+        resolve_version(lake, "codes")
+
+
+def test_env_lake_root(tmp_path, monkeypatch):
+    from vqrec.lake.store import lake_root
+
+    monkeypatch.setenv("VQREC_LAKE", str(tmp_path / "elsewhere"))
+    assert lake_root() == tmp_path / "elsewhere"
+    assert lake_root(tmp_path) == tmp_path
+    assert os.fspath(lake_root(str(tmp_path))) == str(tmp_path)
+
+
+def test_parts_commit_independently(lake):
+    from vqrec.lake.store import resolve_part, staged_part
+
+    with staged_version(lake, "models", "v1") as out:
+        (out / "backbone").mkdir()
+    with staged_part(lake, "models", "v1", "domains/A") as out:
+        (out / "w.txt").write_text("a")
+    with pytest.raises(RuntimeError):
+        with staged_part(lake, "models", "v1", "domains/B") as out:
+            (out / "w.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (resolve_part(lake, "models", "v1", "domains/A") / "w.txt").read_text() == "a"
+    with pytest.raises(LakeError, match="not a committed part"):
+        resolve_part(lake, "models", "v1", "domains/B")
+    with pytest.raises(ValueError, match="invalid part"):
+        with staged_part(lake, "models", "v1", "domains/../x"):
+            pass

@@ -1,0 +1,68 @@
+"""plan_run: params validation, raw snapshots and run versions."""
+
+from __future__ import annotations
+
+import pytest
+
+from vqrec.orchestration.pipeline import RunPlan, plan_run, resolve_raw_snapshot, version_for
+
+
+def _raw(tmp_path, *domains, snapshot=None):
+    root = tmp_path / "raw"
+    base = root / snapshot if snapshot else root
+    for d in domains:
+        (base / d).mkdir(parents=True)
+    return root
+
+
+def test_plan_defaults(tmp_path):
+    root = _raw(tmp_path, "A", "B", "C")
+    plan = plan_run(
+        {"raw_root": str(root), "lake": str(tmp_path / "lake"), "pretrain_domains": ["A", "B"]},
+        logical_date="2026-11-20T00:00:00+00:00",
+        run_id="manual__x",
+    )
+    assert plan.domains == ["A", "B", "C"]
+    assert plan.target_domains == ["A", "B"]
+    assert plan.version == "d20261120T000000"
+    assert RunPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_same_date_same_version_and_run_id_fallback():
+    assert version_for("2026-11-20T00:00:00+00:00", "a") == version_for(
+        "2026-11-20T00:00:00+00:00", "b"
+    )
+    assert version_for(None, "manual__2026-11-23T09:27:31.47+00:00") == (
+        "manual__2026-11-23T09_27_31.47_00_00"
+    )
+
+
+def test_snapshots_pick_latest_not_after_date(tmp_path):
+    root = tmp_path / "raw"
+    for day in ["2026-11-01", "2026-11-10", "2026-11-20"]:
+        (root / f"dt={day}" / "A").mkdir(parents=True)
+    assert resolve_raw_snapshot(root, "2026-11-15T02:00:00").name == "dt=2026-11-10"
+    assert resolve_raw_snapshot(root, None).name == "dt=2026-11-20"
+    with pytest.raises(FileNotFoundError, match="no raw snapshot"):
+        resolve_raw_snapshot(root, "2026-10-01")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"pretrain_domains": []}, "at least one"),
+        ({"pretrain_domains": ["A"], "domains": ["A", "Z"]}, "not found"),
+        ({"pretrain_domains": ["../etc"]}, "invalid domain"),
+        ({"pretrain_domains": ["A"], "target_domains": ["C"], "domains": ["A"]}, "not among"),
+        ({"pretrain_domains": ["A"], "code_strategy": "magic"}, "code_strategy"),
+    ],
+)
+def test_bad_params_are_clear_errors(tmp_path, params, message):
+    root = _raw(tmp_path, "A", "B", "C")
+    with pytest.raises(ValueError, match=message):
+        plan_run({"raw_root": str(root), **params})
+
+
+def test_missing_raw_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plan_run({"raw_root": str(tmp_path / "nope"), "pretrain_domains": ["A"]})

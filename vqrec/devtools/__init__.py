@@ -1,0 +1,1 @@
+"""Developer tools: the demo data generator and the local stack's REST client."""

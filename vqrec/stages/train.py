@@ -1,0 +1,321 @@
+"""Stages pretrain and finetune: read the lake, train (:mod:`vqrec.core.trainer`), commit.
+
+``vqrec pretrain`` commits ``models/<V>/backbone``; ``vqrec finetune`` commits the part
+``models/<V>/domains/<d>`` (the folder contract: :mod:`vqrec.lake.models`). Checkpoints
+live under ``<lake>/checkpoints/<V>/<part>/`` until the commit, so a retried task resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vqrec.core.metrics import format_metrics
+from vqrec.core.model import ModelConfig, load_model
+from vqrec.core.sequences import DomainData, merge_domains
+from vqrec.core.trainer import (
+    PERMUTATIONS,
+    TrainConfig,
+    TrainResult,
+    finetune,
+    pretrain,
+    world_rank,
+)
+from vqrec.lake.models import write_backbone, write_domain_part
+from vqrec.lake.store import (
+    LakeError,
+    lake_root,
+    resolve_version,
+    staged_part,
+    staged_version,
+    validate_name,
+)
+from vqrec.lake.tables import load_domain
+from vqrec.stages.codes import code_new_items
+
+
+def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
+    # Checked here, before any training: the version names a folder that is written every
+    # epoch, long before staged_version would refuse a name like "../x" at the commit.
+    version = validate_name(version, "version")
+    return lake / "checkpoints" / version / validate_name(part, "part") / "last.pt"
+
+
+def _copy_into(out: Path, source: Path, names: list[str]) -> None:
+    for name in names:
+        src = source / name
+        if src.exists() and not (out / name).exists():
+            shutil.copytree(src, out / name)
+
+
+def _code_cap(lake: Path, codes_version: str | None) -> int | None:
+    try:
+        cfg = json.loads(
+            (resolve_version(lake, "codes", codes_version) / "config.json").read_text()
+        )
+        return 2 ** int(cfg["bits"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+def backbone_codes(lake: Path, backbone_dir: Path, data: DomainData) -> np.ndarray:
+    """``data``'s items coded by the frozen quantizer the backbone was pre-trained with.
+
+    The backbone's config names, per pre-training domain, the codes version and quantizer
+    it was trained on; ``data.text`` holds the domain's embeddings (row 0 padding).
+    """
+    info = json.loads((backbone_dir / "backbone" / "config.json").read_text())
+    used = {(s["codes"], s.get("quantizer")) for s in info["data"].values()}
+    if len(used) != 1 or None in next(iter(used)):
+        raise ValueError(
+            f"{backbone_dir}: the backbone's domains do not name one codes version and "
+            f"quantizer ({sorted(map(str, used))}): cannot align codes by matching"
+        )
+    version, quantizer = used.pop()
+    codes_dir = resolve_version(lake, "codes", version)
+    codes = code_new_items(codes_dir, data.name, data.text[1:], quantizer=quantizer)
+    return np.concatenate([np.zeros((1, codes.shape[1]), np.int64), codes.astype(np.int64)])
+
+
+def pretrain_to_lake(
+    lake: str | os.PathLike[str],
+    version: str,
+    domains: list[str],
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    resume: bool = False,
+) -> TrainResult | None:
+    """Pre-train on ``domains`` and commit ``models/<version>/backbone``.
+
+    Checkpoints every epoch under ``<lake>/checkpoints/<version>/backbone`` (removed once
+    committed): with ``resume`` a retried run continues from its last finished epoch.
+    Domains already committed in the version are kept. Under DDP only rank 0 writes; the
+    other ranks return None.
+    """
+    lake = lake_root(lake)
+    model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
+    loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
+    data = merge_domains(loaded)
+    checkpoint = _checkpoint_path(lake, version, "backbone")
+    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume)
+    if world_rank() != 0:
+        return None
+    info = {"domains": list(domains), "offsets": data.offsets}
+    info["data"] = {d.name: d.source for d in loaded}
+    with staged_version(lake, "models", version, metadata={"part": "backbone"}) as out:
+        existing = lake / "models" / version
+        if existing.is_dir():
+            _copy_into(out, existing, ["domains"])
+        write_backbone(out, result, info)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return result
+
+
+def finetune_to_lake(
+    lake: str | os.PathLike[str],
+    version: str,
+    domain: str,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    backbone_version: str | None = None,
+    clean_version: str | None = None,
+    codes_version: str | None = None,
+    embeddings_version: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
+
+    ``backbone_version`` names the models version whose backbone is transferred (CURRENT when
+    None; unused in ``scratch`` mode). A version that does not exist yet is created holding a
+    copy of that backbone; the domain is then committed as its own part (vqrec.lake.staged_part),
+    so parallel fine-tunes of one version never overwrite each other.
+    """
+    lake = lake_root(lake)
+    domain = validate_name(domain, "domain")
+    backbone, backbone_dir = None, None
+    if cfg.mode != "scratch":
+        backbone_dir = resolve_version(lake, "models", backbone_version)
+        backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
+    model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
+    encoder = model_cfg.item_encoder
+    matched = backbone is not None and encoder == "vq" and cfg.permutation == "matched"
+    data = load_domain(
+        lake,
+        domain,
+        clean_version,
+        codes_version,
+        embeddings_version,
+        need_codes=encoder == "vq",
+        need_text=encoder == "text" or matched,
+    )
+    if matched:
+        data.backbone_codes = backbone_codes(lake, backbone_dir, data)
+    part = f"domain-{domain}"
+    checkpoint = _checkpoint_path(lake, version, part)
+    result = finetune(data, cfg, model_cfg, backbone, checkpoint, resume)
+    info = {
+        "domain": domain,
+        "data": data.source,
+        "backbone_version": backbone_dir.name if backbone_dir else None,
+    }
+    if not (lake / "models" / version / "_SUCCESS").exists():
+        with staged_version(lake, "models", version, metadata={"part": part}) as out:
+            if backbone_dir is not None:
+                _copy_into(out, backbone_dir, ["backbone"])
+    with staged_part(lake, "models", version, f"domains/{domain}") as out:
+        write_domain_part(out, domain, result, info)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return result
+
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None:
+    d = TrainConfig()
+    parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
+    parser.add_argument("--version", default=None, help="models version to write")
+    parser.add_argument("--clean-version", default=None)
+    parser.add_argument("--codes-version", default=None)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--no-bucket", action="store_true", help="plain random batches")
+    parser.add_argument(
+        "--targets",
+        default="last",
+        choices=["last", "all"],
+        help="last: a row per prefix (published); all: a target at every position of a chain",
+    )
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (not measured)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (not measured)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last epoch")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--time-budget-min", type=float, default=0.0, help="last epoch = the one crossing it"
+    )
+    parser.add_argument(
+        "--model-config", default="{}", help='JSON ModelConfig overrides, e.g. {"hidden": 64}'
+    )
+
+
+def _train_config(args: argparse.Namespace, mode: str, **extra) -> TrainConfig:
+    return TrainConfig(
+        mode=mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        bucket=not args.no_bucket,
+        targets=args.targets,
+        amp=args.amp,
+        compile=args.compile,
+        progress=not args.no_progress,
+        time_budget_min=args.time_budget_min,
+        **extra,
+    )
+
+
+# Bad input (names, versions, configs, a refused checkpoint): one line on stderr, exit 2.
+CLI_ERRORS = (ValueError, LakeError, FileNotFoundError)
+
+
+def _cli_error(command: str, err: Exception) -> int:
+    print(f"vqrec {command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+def main_pretrain(argv: list[str] | None = None) -> int:
+    """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
+    parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
+    _add_train_flags(parser, "pretrain")
+    parser.add_argument("--domains", required=True, help="comma-separated pre-training domains")
+    parser.add_argument("--rho", type=float, default=TrainConfig.rho)
+    parser.add_argument("--valid-rows", type=int, default=0, help="valid rows/domain (0: all)")
+    args = parser.parse_args(argv)
+    try:
+        lake = lake_root(args.lake)
+        domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
+        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
+        model_cfg = ModelConfig(**json.loads(args.model_config))
+        result = pretrain_to_lake(
+            lake,
+            version,
+            domains,
+            cfg,
+            model_cfg,
+            args.clean_version,
+            args.codes_version,
+            args.resume,
+        )
+    except CLI_ERRORS as err:
+        return _cli_error("pretrain", err)
+    if result is None:  # a DDP rank other than 0
+        return 0
+    print(
+        json.dumps(
+            {"version": version, "valid": result.metrics["valid"], "test": result.metrics["test"]}
+        )
+    )
+    return 0
+
+
+def main_finetune(argv: list[str] | None = None) -> int:
+    """`vqrec finetune`: transfer the backbone to a domain -> models/<V>/domains/<d>/."""
+    parser = argparse.ArgumentParser(prog="vqrec finetune", description=main_finetune.__doc__)
+    _add_train_flags(parser, "transfer")
+    parser.add_argument("--domain", required=True)
+    parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
+    parser.add_argument("--mode", default="transfer", choices=["transfer", "full", "scratch"])
+    parser.add_argument("--permutation", default=TrainConfig.permutation, choices=PERMUTATIONS)
+    parser.add_argument("--permutation-epochs", type=int, default=TrainConfig.permutation_epochs)
+    parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
+    parser.add_argument("--embeddings-version", default=None)
+    args = parser.parse_args(argv)
+    try:
+        lake = lake_root(args.lake)
+        domain = validate_name(args.domain, "domain")
+        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        cfg = _train_config(
+            args,
+            args.mode,
+            permutation=args.permutation,
+            permutation_epochs=args.permutation_epochs,
+        )
+        model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
+        result = finetune_to_lake(
+            lake,
+            version,
+            domain,
+            cfg,
+            model_cfg,
+            backbone_version=args.backbone_version,
+            clean_version=args.clean_version,
+            codes_version=args.codes_version,
+            embeddings_version=args.embeddings_version,
+            resume=args.resume,
+        )
+    except CLI_ERRORS as err:
+        return _cli_error("finetune", err)
+    print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
+    print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
+    return 0
