@@ -19,11 +19,11 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$_repo/var/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_repo/dags}"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
-# spark-submit against local[2] unless a real connection is configured (STACK.md trap 3).
+# spark-submit against local[2] unless a real connection is configured.
 export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$_repo/.venv/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}"
-# One thread per process on small machines (STACK.md trap 4); raise on big GPU workers.
+# One thread per process on small machines; raise on big GPU workers.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 unset _repo _demo_hyper

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) ./.venv and install the project with its pins.
-# torch first, exactly 2.13.0: any other spec pulls a multi-GB CUDA build (STACK.md trap 2);
+# torch first, exactly 2.13.0: any other spec pulls a multi-GB CUDA build;
 # the constraint file keeps every later install from moving it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,6 @@ fi
 .venv/bin/python - <<'PY'
 import importlib.metadata as md
 a, b = md.version("pyspark"), md.version("pyspark-client")
-assert a == b, f"pyspark {a} and pyspark-client {b} must match (STACK.md trap 1)"
+assert a == b, f"pyspark {a} and pyspark-client {b} must match"
 assert md.version("torch").startswith("2.13.0"), md.version("torch")
 PY

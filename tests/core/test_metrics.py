@@ -1,4 +1,4 @@
-"""vqrec.evaluate: full-ranking metrics against a brute-force Python reference."""
+"""vqrec.core.metrics: full-ranking metrics against a brute-force Python reference."""
 
 from __future__ import annotations
 

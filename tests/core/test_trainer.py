@@ -1,4 +1,4 @@
-"""vqrec.train: resume = uninterrupted, the CLI smoke run beats popularity, lake outputs."""
+"""vqrec.core.trainer (and vqrec.stages.train): resume = uninterrupted, the CLI smoke run beats popularity, lake outputs."""
 
 from __future__ import annotations
 

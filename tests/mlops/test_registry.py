@@ -228,7 +228,7 @@ def test_backbone_ranks_only_the_new_items_it_is_given(world):
 
 
 def test_real_trainer_output_registers_with_its_epoch_history(world, registered):
-    """vqrec.train's own pretrain/finetune outputs (not the test's tiny loop) register."""
+    """vqrec.stages.train's own pretrain/finetune outputs (not the test's tiny loop) register."""
     from vqrec.stages import train
 
     lake = world["lake"]

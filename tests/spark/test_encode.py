@@ -1,4 +1,4 @@
-"""jobs/encode.py: the Spark encode stage with the real model, real Spark, real files."""
+"""vqrec.spark.encode: the Spark encode stage with the real model, real Spark, real files."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Smoke size by default (the first users of Scientific and Beauty, the items they touch, a
 small model, a few epochs); VQREC_FULL=1 runs the full domains with the paper's model.
 Real components throughout: the reference splits, the sentence-transformers encoder,
-faiss OPQ codes (vqrec.quantize), torch training and full-ranking evaluation.
+faiss OPQ codes (vqrec.core.quantizer), torch training and full-ranking evaluation.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_codes_shape_dtype_range_and_byte_layout(bits: int) -> None:
     for row in range(20):
         reader = faiss.BitstringReader(faiss.swig_ptr(packed[row]), packed.shape[1])
         assert [reader.read(bits) for _ in range(8)] == codes[row].tolist()
-    # ...and with the PQ codes of the residual to the single coarse centroid (STACK.md 5).
+    # ...and with the PQ codes of the residual to the single coarse centroid (the factory string).
     pre = faiss.downcast_index(index)
     ivfpq = faiss.downcast_index(pre.index)
     residual = pre.apply_chain(20, faiss.swig_ptr(x[:20]))

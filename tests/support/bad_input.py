@@ -20,7 +20,7 @@ Folder-level cases (:class:`FolderCase`) abort a run as a whole, so each gets it
 a domain folder with no files, a meta file without ratings, a ratings file without meta, a
 truncated gzip, a path that is a file, domain folders whose names are not safe names.
 
-The expected outcome of a row is ``VALID`` or the quarantine reason of jobs/clean.py. A
+The expected outcome of a row is ``VALID`` or the quarantine reason of vqrec/spark/clean.py. A
 ``VALID`` event must end in the clean interactions or be removed by the k-core (tests
 recompute the k-core from the valid events alone); it must never be quarantined.
 """

@@ -3,8 +3,8 @@
 Builds, in the documented layout (docs/ARCHITECTURE.md), what the clean / encode / codes /
 train stages would write for a small synthetic shop: 400 items in 50 product series, users
 who walk along a series. The item texts go through the real sentence encoder, the codes
-through a real OPQ quantizer (vqrec.quantize), and the model is a real VQRec trained for a
-few epochs with the full-softmax loss, its valid/test NDCG measured by vqrec.evaluate's
+through a real OPQ quantizer (vqrec.core.quantizer), and the model is a real VQRec trained for a
+few epochs with the full-softmax loss, its valid/test NDCG measured by vqrec.core.metrics'
 ranking. Nothing here is a stub; it is only smaller than the pipeline's stages.
 """
 

@@ -52,7 +52,7 @@ def load_encoder(name_or_path: str | os.PathLike[str] | None = None, device: str
     """The SentenceTransformer for ``name_or_path``, loaded once per process (offline).
 
     Also pins torch to one thread: on small machines nested threading inside several Spark
-    workers collapses throughput (STACK.md, trap 4); Spark's tasks give the parallelism.
+    workers collapses throughput (README: Troubleshooting); Spark's tasks give the parallelism.
     The thread count can be raised with $VQREC_ENCODER_THREADS (e.g. for a single-process
     baseline).
     """

@@ -53,7 +53,7 @@ def faiss_threads(n: int) -> Iterator[None]:
     """Run faiss with ``n`` OpenMP threads, restoring the previous setting afterwards.
 
     One thread is the default everywhere: OPQ training collapses on a busy 2-core machine
-    when it competes for cores (STACK.md trap 4), and only one thread is bit-reproducible.
+    when it competes for cores (README: Troubleshooting), and only one thread is bit-reproducible.
     """
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(max(1, int(n)))

@@ -203,7 +203,7 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
                 row_scores = scores[i].masked_fill(~allowed, -torch.inf)
                 k = min(ks[r], int(allowed.sum()))
                 # Stable sort: items with colliding codes tie; the smaller item_idx wins, as
-                # in vqrec.evaluate's ranking, so answers are deterministic.
+                # in vqrec.core.metrics' ranking, so answers are deterministic.
                 values, order = torch.sort(row_scores, descending=True, stable=True)
                 out_ids[r] = [str(names[j]) for j in order[:k].tolist()]
                 out_scores[r] = [float(v) for v in values[:k].tolist()]

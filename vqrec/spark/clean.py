@@ -3,7 +3,7 @@
     vqrec clean --raw-root ../shared/data --lake var/lake --version v1
     spark-submit jobs/clean.py --raw data/Games data/Beauty --lake var/lake --version v1
 
-Per domain (a folder; its name is the domain id; files found as jobs/readers.py says):
+Per domain (a folder; its name is the domain id; files found as vqrec/spark/readers.py says):
 
 1. every raw line is parsed in Spark SQL and either accepted or given a ``reason``:
    interactions: bad_encoding, empty_line, unparseable_line, bad_field_type (JSON: a list or

@@ -14,7 +14,7 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
     Under ``spark-submit`` the master comes from the submit command; run directly (tests,
     the CLI) it defaults to ``$VQREC_SPARK_MASTER`` or ``local[2]``. Python workers use this
     interpreter (the venv's), one BLAS/OpenMP thread each: Spark's tasks give the
-    parallelism, and nested threading collapses on small machines (STACK.md, trap 4).
+    parallelism, and nested threading collapses on small machines (README: Troubleshooting).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

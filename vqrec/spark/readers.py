@@ -106,7 +106,7 @@ def discover(
         else:
             raise RawInputError(
                 f"{base}: no meta_*.json(.gz) (Amazon layout) and no interactions.* "
-                "(generic layout) file; see jobs/readers.py for the discovery rules"
+                "(generic layout) file; see vqrec/spark/readers.py for the discovery rules"
             )
     if layout == "amazon":
         events = sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(".csv"))

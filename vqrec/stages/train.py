@@ -136,7 +136,7 @@ def finetune_to_lake(
 
     ``backbone_version`` names the models version whose backbone is transferred (CURRENT when
     None; unused in ``scratch`` mode). A version that does not exist yet is created holding a
-    copy of that backbone; the domain is then committed as its own part (vqrec.lake.staged_part),
+    copy of that backbone; the domain is then committed as its own part (vqrec.lake.store.staged_part),
     so parallel fine-tunes of one version never overwrite each other.
     """
     lake = lake_root(lake)
