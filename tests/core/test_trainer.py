@@ -1,4 +1,5 @@
-"""vqrec.core.trainer (and vqrec.stages.train): resume = uninterrupted, the CLI smoke run beats popularity, lake outputs."""
+"""vqrec.core.trainer and vqrec.stages.train: resume = uninterrupted, the CLI smoke run beats
+popularity, lake outputs."""
 
 from __future__ import annotations
 

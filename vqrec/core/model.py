@@ -11,6 +11,9 @@ variant shares the Transformer, the scoring and the evaluation:
 * ``item_encoder="text"``: the frozen sentence embedding of the item through a learned
   linear adaptor (UniSRec-style, without the mixture of experts).
 
+Each kind is a class of :mod:`vqrec.core.item_encoders` (``model.items``): it builds,
+fills, embeds and restores its tables, so the model never switches on the kind.
+
 Beyond the paper, ``transductive=True`` (vq only) adds one learned ID row per item to its
 code mean (UniSRec's transductive fine-tune, MISSRec's "with IDs"). The ID table starts at
 zero, so a transferred model starts exactly where the inductive one does, and an item
@@ -51,7 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ITEM_ENCODERS = ("vq", "id", "text")
+from vqrec.core.item_encoders import ITEM_ENCODERS as ENCODER_CLASSES
+from vqrec.core.item_encoders import item_encoder
+
+ITEM_ENCODERS = tuple(ENCODER_CLASSES)  # ("vq", "id", "text"): vqrec.core.item_encoders
 
 
 @dataclass
@@ -236,16 +242,9 @@ class VQRec(nn.Module):
         self.config = dataclasses.replace(config)  # own copy: set_catalogue updates n_items
         c = self.config
         n_items = max(c.n_items, 1)
-        if c.item_encoder == "vq":
-            self.code_embedding = nn.Embedding(c.code_dim * (c.code_cap + 1), c.hidden)
-            self.register_buffer("item_codes", torch.zeros(n_items, c.code_dim, dtype=torch.long))
-            if c.transductive:
-                self.id_embedding = nn.Embedding(n_items, c.hidden, padding_idx=0)
-        elif c.item_encoder == "id":
-            self.id_embedding = nn.Embedding(n_items, c.hidden, padding_idx=0)
-        else:
-            self.text_adaptor = nn.Linear(c.text_dim, c.hidden)
-            self.register_buffer("item_text", torch.zeros(n_items, c.text_dim))
+        # How item ids become vectors (vq / id / text): its tables come first (init order).
+        self.items = item_encoder(c.item_encoder)
+        self.items.build(self, n_items)
         self.position_embedding = nn.Embedding(c.max_len, c.hidden)
         self.input_norm = nn.LayerNorm(c.hidden, eps=c.layer_norm_eps)
         self.input_dropout = Dropout(c.dropout)
@@ -253,14 +252,12 @@ class VQRec(nn.Module):
         # A (D*(M+1), H) tensor that replaces code_embedding.weight when set (permutation
         # learning). Not a parameter and not saved.
         self.code_table_override: torch.Tensor | None = None
-        self.apply(self._init_weights)
-        self._zero_padding_rows()
-        if c.transductive:
-            nn.init.zeros_(self.id_embedding.weight)
+        self.apply(self.init_weights)
+        self.items.after_init(self)
 
     # ------------------------------------------------------------------ initialisation
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def init_weights(module: nn.Module) -> None:
         """RecBole's init: normal(0, 0.02) for Linear/Embedding, LayerNorm 1/0, biases 0."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.data.normal_(mean=0.0, std=0.02)
@@ -269,15 +266,6 @@ class VQRec(nn.Module):
         if isinstance(module, nn.LayerNorm):
             module.weight.data.fill_(1.0)
             module.bias.data.zero_()
-
-    @torch.no_grad()
-    def _zero_padding_rows(self) -> None:
-        # Padding rows are excluded from every lookup; zero them so that the saved table is
-        # clean and a stray lookup could not leak random values.
-        if self.config.item_encoder == "vq":
-            self.code_embedding.weight.view(self.config.code_dim, -1, self.config.hidden)[:, 0] = 0
-        elif self.config.item_encoder == "id":
-            self.id_embedding.weight[0] = 0
 
     @property
     def device(self) -> torch.device:
@@ -297,65 +285,7 @@ class VQRec(nn.Module):
         id: ``n_items`` = N+1 (re-sizes and re-initialises the id table: build the
         optimizer afterwards).
         """
-        c = self.config
-        if c.item_encoder == "vq":
-            if codes is None:
-                raise ValueError("item_encoder='vq' needs codes=(N+1, D) raw codes")
-            codes = torch.as_tensor(codes)
-            if codes.dim() != 2 or codes.shape[1] != c.code_dim or codes.shape[0] < 1:
-                raise ValueError(
-                    f"codes must have shape (N+1, {c.code_dim}), got {tuple(codes.shape)}"
-                )
-            if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-                raise ValueError(f"codes must be integers, got {codes.dtype}")
-            codes = codes.long()
-            bad = ((codes[1:] < 0) | (codes[1:] >= c.code_cap)).any(dim=1).nonzero()
-            if len(bad):
-                row = int(bad[0]) + 1
-                raise ValueError(
-                    f"codes row {row} (item_idx {row}) has values outside 0..{c.code_cap - 1}: "
-                    f"{codes[row].tolist()} ({len(bad)} bad rows)"
-                )
-            self.item_codes = self.shift_codes(codes).to(self.device)
-            self.item_codes[0] = 0  # item 0 = padding: every lookup hits padding row 0
-            c.n_items = codes.shape[0]
-            if c.transductive:
-                self._resize_id_rows(c.n_items)
-        elif c.item_encoder == "text":
-            if text is None:
-                raise ValueError("item_encoder='text' needs text=(N+1, text_dim) embeddings")
-            text = torch.as_tensor(text, dtype=torch.float32)
-            if text.dim() != 2 or text.shape[1] != c.text_dim:
-                raise ValueError(
-                    f"text must have shape (N+1, {c.text_dim}), got {tuple(text.shape)}"
-                )
-            if not torch.isfinite(text).all():
-                row = int((~torch.isfinite(text)).any(dim=1).nonzero()[0])
-                raise ValueError(f"text embedding row {row} has non-finite values")
-            self.item_text = text.clone().to(self.device)
-            self.item_text[0] = 0
-            c.n_items = text.shape[0]
-        else:
-            if n_items is None or n_items < 1:
-                raise ValueError("item_encoder='id' needs n_items >= 1 (N+1, incl. padding)")
-            table = nn.Embedding(n_items, c.hidden, padding_idx=0).to(self.device)
-            self._init_weights(table)
-            self.id_embedding = table
-            self._zero_padding_rows()
-            c.n_items = n_items
-
-    def _resize_id_rows(self, n_items: int) -> None:
-        """Transductive: an ID table of ``n_items`` rows; rows of items it already had keep
-        their values, new rows start at zero (= the item's code alone)."""
-        old = self.id_embedding.weight
-        if old.shape[0] == n_items:
-            return
-        table = nn.Embedding(n_items, self.config.hidden, padding_idx=0).to(old.device)
-        with torch.no_grad():
-            table.weight.zero_()
-            keep = min(n_items, old.shape[0])
-            table.weight[:keep] = old[:keep]
-        self.id_embedding = table
+        self.items.set_catalogue(self, codes=codes, text=text, n_items=n_items)
 
     def shift_codes(self, codes: torch.LongTensor) -> torch.LongTensor:
         """Raw codes [..., D] in 0..M-1 -> rows of the code table (+1, offset per block)."""
@@ -394,23 +324,11 @@ class VQRec(nn.Module):
         finally:
             self.code_table_override = previous
 
-    def _embed_shifted(self, shifted: torch.LongTensor) -> torch.Tensor:
+    def embed_shifted(self, shifted: torch.LongTensor) -> torch.Tensor:
+        """(U, D) shifted codes -> (U, H) means of their rows of the code table in use."""
         # (U, D) shifted codes -> (U, H) means; padding_idx=0 is excluded from the mean, so
         # an all-padding bag (item 0) gives zeros.
         return F.embedding_bag(shifted, self.code_table(), mode="mean", padding_idx=0)
-
-    def _embed_unique(self, ids: torch.LongTensor) -> torch.Tensor:
-        """Embeddings of a flat vector of distinct item ids: (U,) -> (U, H)."""
-        enc = self.config.item_encoder
-        if enc == "vq":
-            emb = self._embed_shifted(self.item_codes[ids])
-            if self.config.transductive:  # row 0 (padding) is zero: padding stays zero
-                emb = emb + F.embedding(ids, self.id_embedding.weight, padding_idx=0)
-            return emb
-        if enc == "text":
-            emb = self.text_adaptor(self.item_text[ids])
-            return emb * (ids != 0).unsqueeze(-1)  # padding -> zeros (the adaptor has a bias)
-        return F.embedding(ids, self.id_embedding.weight, padding_idx=0)
 
     def item_embeddings(self, item_ids: torch.LongTensor) -> torch.Tensor:
         """Item ids [...] -> representations [..., H]; padding id 0 -> zeros.
@@ -424,11 +342,11 @@ class VQRec(nn.Module):
                 f"item ids must be in 0..{max(n, 1) - 1} (catalogue of {n} rows), "
                 f"got min {int(flat.min())} max {int(flat.max())}"
             )
-        if self.config.item_encoder == "id":  # a plain lookup: de-duplication would not pay
-            emb = self._embed_unique(flat)
+        if not self.items.dedupe:
+            emb = self.items.embed_unique(self, flat)
         else:
             unique, inverse = torch.unique(flat, return_inverse=True)
-            emb = self._embed_unique(unique)[inverse]
+            emb = self.items.embed_unique(self, unique)[inverse]
         return emb.view(*item_ids.shape, self.config.hidden)
 
     def code_embeddings(self, codes: torch.LongTensor) -> torch.Tensor:
@@ -445,12 +363,12 @@ class VQRec(nn.Module):
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= c.code_cap):
             raise ValueError(f"codes must be in 0..{c.code_cap - 1}")
         flat = self.shift_codes(codes.reshape(-1, c.code_dim))
-        return self._embed_shifted(flat).view(*codes.shape[:-1], c.hidden)
+        return self.embed_shifted(flat).view(*codes.shape[:-1], c.hidden)
 
     def all_item_embeddings(self) -> torch.Tensor:
         """Representations of the whole catalogue: (N+1, H), row 0 (padding) zeros."""
         ids = torch.arange(max(self.config.n_items, 1), device=self.device)
-        return self._embed_unique(ids)
+        return self.items.embed_unique(self, ids)
 
     # ------------------------------------------------------------------ sequence encoder
     def encode(
@@ -617,22 +535,9 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> VQRec
     if meta.get("part") != "model" or "config" not in meta:
         raise ValueError(f"{path} is not a full VQRec model file (part={meta.get('part')!r})")
     model = VQRec(ModelConfig.from_dict(meta["config"]))
-    enc = model.config.item_encoder
-    if enc == "vq":  # buffers are stored shifted; size the catalogue, then load them as-is
-        model.item_codes = torch.zeros_like(tensors["item_codes"])
-        if model.config.transductive:
-            model._resize_id_rows(tensors["id_embedding.weight"].shape[0])
-    elif enc == "text":
-        model.item_text = torch.zeros_like(tensors["item_text"])
-    else:
-        model.set_catalogue(n_items=tensors["id_embedding.weight"].shape[0])
+    model.items.prepare_load(model, tensors)
     model.load_state_dict(tensors, strict=True)
     return model.to(map_location)
-
-
-def n_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of (trainable) parameters, for logs."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 __all__ = [
@@ -644,5 +549,4 @@ __all__ = [
     "load_lookup_table",
     "save_model",
     "load_model",
-    "n_parameters",
 ]

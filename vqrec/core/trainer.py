@@ -590,22 +590,7 @@ def build_domain_model(
     if cfg.mode == "scratch" and model_cfg.item_encoder == "vq" and data.codes is not None:
         model_cfg = dataclasses.replace(model_cfg, code_dim=int(data.codes.shape[1]))
     model = VQRec(model_cfg)
-    enc = model_cfg.item_encoder
-    if enc == "vq":
-        if data.codes is None:
-            raise ValueError(f"domain {data.name}: item_encoder 'vq' needs codes")
-        if data.codes.shape[1] != model_cfg.code_dim or data.codes.max() >= model_cfg.code_cap:
-            raise ValueError(
-                f"domain {data.name}: codes of shape {data.codes.shape} (max {data.codes.max()}) "
-                f"do not fit code_dim={model_cfg.code_dim}, code_cap={model_cfg.code_cap}"
-            )
-        model.set_catalogue(codes=torch.from_numpy(data.codes))
-    elif enc == "text":
-        if data.text is None:
-            raise ValueError(f"domain {data.name}: item_encoder 'text' needs embeddings")
-        model.set_catalogue(text=torch.from_numpy(data.text))
-    else:
-        model.set_catalogue(n_items=data.n_items + 1)
+    model.set_catalogue(**model.items.catalogue(model_cfg, data))
     if backbone is not None and cfg.mode in ("transfer", "full"):
         # Backbone and the pre-trained code table (the starting point the permutation aligns
         # the domain's codes to); the catalogue buffer stays the domain's.

@@ -136,8 +136,9 @@ def finetune_to_lake(
 
     ``backbone_version`` names the models version whose backbone is transferred (CURRENT when
     None; unused in ``scratch`` mode). A version that does not exist yet is created holding a
-    copy of that backbone; the domain is then committed as its own part (vqrec.lake.store.staged_part),
-    so parallel fine-tunes of one version never overwrite each other.
+    copy of that backbone; the domain is then committed as its own part
+    (vqrec.lake.store.staged_part), so parallel fine-tunes of one version never overwrite
+    each other.
     """
     lake = lake_root(lake)
     domain = validate_name(domain, "domain")
