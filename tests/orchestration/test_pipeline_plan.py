@@ -66,3 +66,28 @@ def test_bad_params_are_clear_errors(tmp_path, params, message):
 def test_missing_raw_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plan_run({"raw_root": str(tmp_path / "nope"), "pretrain_domains": ["A"]})
+
+
+def test_champion_backbone_lets_store_errors_through(tmp_path, monkeypatch):
+    """Only "no such model/alias" means no champion; a broken store is not reported as one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+    from mlflow.tracking import MlflowClient
+
+    from vqrec.orchestration import pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def broken(self, name, alias):
+        raise MlflowException("store unreachable", error_code=INTERNAL_ERROR)
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", broken)
+    with pytest.raises(MlflowException, match="store unreachable"):
+        pipeline.champion_backbone(str(tmp_path / "lake"))
+
+    def missing(self, name, alias):
+        raise MlflowException("no such alias", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", missing)
+    with pytest.raises(RuntimeError, match="no vqrec-backbone@champion"):
+        pipeline.champion_backbone(str(tmp_path / "lake"))

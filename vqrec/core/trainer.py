@@ -211,7 +211,10 @@ class FinetuneObjective(nn.Module):
 
 
 def save_checkpoint(path: Path, tensors: dict[str, Any], state: dict[str, Any]) -> None:
-    """One file, replaced atomically: tensors + the JSON state (so they never disagree)."""
+    """One file, replaced atomically: tensors + the JSON state (so they never disagree).
+
+    The same temp-file + os.replace as vqrec.lake.store.atomic_path, written out here: the
+    core does not import the lake."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"tensors": tensors, "state_json": json.dumps(state)}, tmp)

@@ -297,7 +297,9 @@ def _version_metric(client: MlflowClient, version: Any, metric: str) -> float | 
 _NO_CHAMPION_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
-def _champion(client: MlflowClient, name: str) -> Any | None:
+def champion_or_none(client: MlflowClient, name: str) -> Any | None:
+    """``name``@champion, or None when the model or the alias does not exist; any other
+    store error (unreachable server, bad credentials) propagates."""
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
@@ -322,7 +324,7 @@ def promote(
     version = str(version)
     mv = client.get_model_version(name, version)
     challenger_value = _version_metric(client, mv, metric)
-    champ = _champion(client, name)
+    champ = champion_or_none(client, name)
     champion_value = _version_metric(client, champ, metric) if champ else None
     decision: dict[str, Any] = {
         "name": name,

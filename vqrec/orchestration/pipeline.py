@@ -131,10 +131,6 @@ def plan_run(params: dict[str, Any], logical_date: str | None = None, run_id: st
     )
 
 
-def dump_plan(plan: RunPlan) -> str:
-    return json.dumps(plan.to_dict(), sort_keys=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Stages of a run. Each takes the plan (a dict, as it travels through XCom) and returns a
 # small JSON-able summary. Spark stages (clean, encode) run through spark-submit in the DAG.
@@ -350,19 +346,19 @@ def landing_event_params(events: Any) -> dict[str, Any]:
 
 def champion_backbone(lake: str) -> dict[str, str]:
     """The lake versions (models, codes) behind ``vqrec-backbone@champion``."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from vqrec.mlops import registry, tracking
 
     tracking.setup_tracking(lake)
-    try:
-        mv = MlflowClient().get_model_version_by_alias(registry.BACKBONE_MODEL, registry.CHAMPION)
-    except MlflowException as exc:
+    # Only "no such model / alias" means no champion (registry.champion_or_none); any other
+    # store error propagates instead of being reported as a missing champion.
+    mv = registry.champion_or_none(MlflowClient(), registry.BACKBONE_MODEL)
+    if mv is None:
         raise RuntimeError(
             f"no {registry.BACKBONE_MODEL}@{registry.CHAMPION} in the MLflow store of {lake}: "
             "run vqrec_nightly first (a new domain is fine-tuned on the champion backbone)"
-        ) from exc
+        )
     tags = mv.tags or {}
     models = tags.get(registry.TAG_MODEL_VERSION)
     codes = tags.get("vqrec.data.codes")

@@ -53,8 +53,8 @@ def canonical_parquet(path: str | os.PathLike[str]) -> None:
     """
     import pyarrow.parquet as pq
 
-    path = os.fspath(path)
-    table = pq.read_table(path)
-    tmp = path + ".canonical"
-    pq.write_table(table, tmp, compression="snappy")
-    os.replace(tmp, path)
+    from vqrec.lake.store import atomic_path
+
+    table = pq.read_table(os.fspath(path))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="snappy")

@@ -202,7 +202,7 @@ def _read_cache(spark: SparkSession, cache_dir: Path) -> DataFrame | None:
 def _commit_cache_file(spark_out: Path, cache_dir: Path) -> tuple[Path, int]:
     """Merge Spark's part files into one immutable cache file (temp name, then rename)."""
     parts = sorted(spark_out.glob("part-*.parquet"))
-    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"{default_version()}-{uuid.uuid4().hex[:8]}.parquet"
     final = cache_dir / name
     tmp = cache_dir / f".{name}.tmp"  # hidden: Spark and the glob above never read it
     rows = 0

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 
 from vqrec.core.metrics import EvalConfig, evaluate, format_metrics
 from vqrec.core.trainer import pick_device
 from vqrec.lake.models import load_domain_model
-from vqrec.lake.store import LakeError, lake_root, resolve_version, validate_name
+from vqrec.lake.store import LakeError, atomic_path, lake_root, resolve_version, validate_name
 from vqrec.lake.tables import load_domain
 
 
@@ -69,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": metrics,
     }
     # One whole file, atomically: the committed model folder never shows a partial write.
-    out = path / f"evaluation-{args.split}.json"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    with atomic_path(path / f"evaluation-{args.split}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     print(f"{domain} {args.split}: {format_metrics(metrics)}")
     print(json.dumps(result))
     return 0

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from vqrec.core.trainer import (
 from vqrec.lake.models import write_backbone, write_domain_part
 from vqrec.lake.store import (
     LakeError,
+    default_version,
     lake_root,
     resolve_version,
     staged_part,
@@ -255,7 +255,7 @@ def main_pretrain(argv: list[str] | None = None) -> int:
     try:
         lake = lake_root(args.lake)
         domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
-        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
         model_cfg = ModelConfig(**json.loads(args.model_config))
         result = pretrain_to_lake(
@@ -295,7 +295,7 @@ def main_finetune(argv: list[str] | None = None) -> int:
     try:
         lake = lake_root(args.lake)
         domain = validate_name(args.domain, "domain")
-        version = validate_name(args.version or time.strftime("%Y%m%dT%H%M%SZ"), "version")
+        version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(
             args,
             args.mode,
