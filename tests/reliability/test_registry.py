@@ -202,7 +202,7 @@ def test_an_unreachable_registry_stops_the_gate_instead_of_meaning_no_champion(
     from mlflow.exceptions import MlflowException
 
     tracking.setup_tracking(lake)
-    assert registry._champion(MlflowClient(), "vqrec-never-registered") is None
+    assert registry.champion_or_none(MlflowClient(), "vqrec-never-registered") is None
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -210,4 +210,4 @@ def test_an_unreachable_registry_stops_the_gate_instead_of_meaning_no_champion(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     down = MlflowClient(f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
     with pytest.raises(MlflowException):
-        registry._champion(down, "vqrec-Arts")
+        registry.champion_or_none(down, "vqrec-Arts")
