@@ -59,10 +59,10 @@ SEEDS = (2026, 2027, 2028)
 # Published anchors (test, full ranking, leave-one-out).
 ANCHORS = {
     "Scientific": {
-        "paper VQ-Rec (BERT, 5 domains)": {"recall@10": 0.1211, "ndcg@10": 0.0643},
-        "official VQ-Rec checkpoint (2023-03)": {"recall@10": 0.1238, "ndcg@10": 0.0645},
-        "MISSRec with IDs, no pre-training": {"recall@10": 0.1282, "ndcg@10": 0.0711},
-        "MISSRec with IDs, pre-trained": {"ndcg@10": 0.0753},
+        "paper VQ-Rec (BERT, 5 dom.)": {"recall@10": 0.1211, "ndcg@10": 0.0643},
+        "official checkpoint 2023-03": {"recall@10": 0.1238, "ndcg@10": 0.0645},
+        "MISSRec w/ IDs, no pre-tr.": {"recall@10": 0.1282, "ndcg@10": 0.0711},
+        "MISSRec w/ IDs, pre-trained": {"ndcg@10": 0.0753},
     },
 }
 
@@ -399,7 +399,7 @@ def table() -> None:
             print(f"{row:<24}{len(recs):>2} {cells}{wall:8.0f}")
         for name, anchor in ANCHORS.get(target, {}).items():
             cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
-            print(f"{name[:26]:<26} {cells}")
+            print(f"{name:<27}{cells}")
 
 
 def plot(path: Path) -> None:
