@@ -13,7 +13,7 @@ export VQREC_TARGET_DOMAINS="${VQREC_TARGET_DOMAINS:-Arts,Garden,Kitchen}"
 # demo codes every domain with the shared pre-training quantizer (the default is "domain").
 export VQREC_CODE_STRATEGY="${VQREC_CODE_STRATEGY:-shared}"
 # Demo-sized training (a few minutes on 2 CPU cores); unset for the paper's defaults.
-_demo_hyper='{"pretrain": {"epochs": 6, "batch_size": 512, "patience": 3}, "finetune": {"epochs": 12, "batch_size": 512, "patience": 4, "permutation_epochs": 2}}'
+_demo_hyper='{"pretrain": {"epochs": 6, "batch_size": 512, "patience": 3}, "finetune": {"epochs": 12, "batch_size": 512, "patience": 4}}'
 export VQREC_HYPER="${VQREC_HYPER-$_demo_hyper}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$_repo/var/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_repo/dags}"

@@ -173,7 +173,8 @@ def test_cli_smoke_pretrain_transfer_evaluate_beats_popularity(lake: Path, capsy
     common += ["--model-config", json.dumps(TINY)]
     assert main(["pretrain", *common, "--version", "bb", "--domains", "Alpha,Beta"]) == 0
     args = ["--version", "m1", "--backbone-version", "bb", "--domain", "Gamma"]
-    assert main(["finetune", *common, *args, "--epochs", "30", "--permutation-epochs", "2"]) == 0
+    args += ["--permutation", "learned", "--permutation-epochs", "2"]
+    assert main(["finetune", *common, *args, "--epochs", "30"]) == 0
     capsys.readouterr()
     assert (
         main(["evaluate", "--lake", str(lake), "--models-version", "m1", "--domain", "Gamma"]) == 0

@@ -27,7 +27,7 @@ TARGETS = ["Arts", "Kitchen"]
 # Demo-sized and then some: this test is about the services, not model quality.
 HYPER = {
     "pretrain": {"epochs": 2, "batch_size": 512, "patience": 2},
-    "finetune": {"epochs": 3, "batch_size": 512, "patience": 2, "permutation_epochs": 1},
+    "finetune": {"epochs": 3, "batch_size": 512, "patience": 2},
     "model": {"hidden": 64, "inner": 64},
 }
 

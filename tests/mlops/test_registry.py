@@ -237,7 +237,9 @@ def test_real_trainer_output_registers_with_its_epoch_history(world, registered)
     common = ["--lake", str(lake), "--version", "real", "--epochs", "2", "--batch-size", "256",
               "--no-progress", "--device", "cpu", "--model-config", small]  # fmt: skip
     train.main_pretrain([*common, "--domains", DOMAIN])
-    train.main_finetune([*common, "--domain", DOMAIN, "--permutation-epochs", "1"])
+    train.main_finetune(
+        [*common, "--domain", DOMAIN, "--permutation", "learned", "--permutation-epochs", "1"]
+    )
     client = MlflowClient()
     champion_before = client.get_model_version_by_alias(NAME, "champion")
     champion_value = float(champion_before.tags["vqrec.metric.test_ndcg_at_10"])

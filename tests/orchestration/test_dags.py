@@ -22,7 +22,7 @@ DATE = "2026-11-20"
 # Small but real: the DAG's own defaults, with demo-sized epochs and a smaller model.
 HYPER = {
     "pretrain": {"epochs": 4, "batch_size": 512, "patience": 3},
-    "finetune": {"epochs": 10, "batch_size": 512, "patience": 4, "permutation_epochs": 2},
+    "finetune": {"epochs": 10, "batch_size": 512, "patience": 4},
     "model": {"hidden": 128, "inner": 128},
 }
 

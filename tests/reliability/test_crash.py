@@ -48,7 +48,8 @@ CODES += ["--strategy", "shared", "--code-dim", "8", "--bits", "4", "--niter", "
 TINY = {"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 20}
 TRAIN = ["--no-progress", "--device", "cpu", "--batch-size", "256", "--epochs", "3"]
 TRAIN += ["--seed", "5", "--model-config", json.dumps(TINY)]
-FINETUNE = ["--backbone-version", "m1", "--domain", TARGET, "--permutation-epochs", "2"]
+FINETUNE = ["--backbone-version", "m1", "--domain", TARGET]
+FINETUNE += ["--permutation", "learned", "--permutation-epochs", "2"]
 TIMING = {"seconds", "seq_per_s", "valid_seconds"}  # wall-clock fields of a history: never equal
 
 

@@ -307,7 +307,7 @@ def test_no_secret_reaches_mlflow_or_the_logs(lake, tmp_path):
     hyper = {
         "model": json.loads(SMALL),
         "pretrain": {"epochs": 2, "batch_size": 256},
-        "finetune": {"epochs": 2, "batch_size": 256, "permutation_epochs": 1},
+        "finetune": {"epochs": 2, "batch_size": 256},
     }
     done = subprocess.run(
         [sys.executable, "-c", STAGES, str(lake), DOMAIN, json.dumps(hyper)],

@@ -245,12 +245,15 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 
 def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
+    from vqrec.core.trainer import FINETUNE_DEFAULTS
     from vqrec.mlops import tracking
     from vqrec.stages.train import finetune_to_lake
 
     p = _plan(plan)
     domain = validate_name(domain, "domain")
-    cfg, model_cfg = _train_configs(p, "finetune", defaults={"mode": "transfer"})
+    cfg, model_cfg = _train_configs(
+        p, "finetune", defaults={"mode": "transfer", **FINETUNE_DEFAULTS}
+    )
     with tracking.stage_run(
         p.lake,
         p.run_id or p.version,

@@ -20,10 +20,12 @@ from vqrec.core.metrics import format_metrics
 from vqrec.core.model import ModelConfig, load_model
 from vqrec.core.sequences import DomainData, merge_domains
 from vqrec.core.trainer import (
+    FINETUNE_DEFAULTS,
     PERMUTATIONS,
     TrainConfig,
     TrainResult,
     finetune,
+    finetune_config,
     pretrain,
     world_rank,
 )
@@ -184,7 +186,7 @@ def finetune_to_lake(
 
 
 def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None:
-    d = TrainConfig()
+    d = finetune_config() if mode_default != "pretrain" else TrainConfig()
     parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
     parser.add_argument("--version", default=None, help="models version to write")
     parser.add_argument("--clean-version", default=None)
@@ -199,7 +201,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None
     parser.add_argument("--no-bucket", action="store_true", help="plain random batches")
     parser.add_argument(
         "--targets",
-        default="last",
+        default=d.targets,
         choices=["last", "all"],
         help="last: a row per prefix (published); all: a target at every position of a chain",
     )
@@ -287,7 +289,9 @@ def main_finetune(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", required=True)
     parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
     parser.add_argument("--mode", default="transfer", choices=["transfer", "full", "scratch"])
-    parser.add_argument("--permutation", default=TrainConfig.permutation, choices=PERMUTATIONS)
+    parser.add_argument(
+        "--permutation", default=FINETUNE_DEFAULTS["permutation"], choices=PERMUTATIONS
+    )
     parser.add_argument("--permutation-epochs", type=int, default=TrainConfig.permutation_epochs)
     parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
     parser.add_argument("--embeddings-version", default=None)
