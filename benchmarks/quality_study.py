@@ -342,6 +342,8 @@ def plan(targets: list[str], rows: list[str], seeds: int) -> list[tuple[str, str
             # (2 CPU cores: Beauty's rows cost ~3x Scientific's).
             n = seeds if name in MAIN_ROWS and target == "Scientific" else 1
             jobs += [(name, target, s) for s in SEEDS[:n]]
+    if rows:  # the order asked for
+        return jobs
     return sorted(jobs, key=lambda j: (j[1] != "Scientific", j[2] != SEEDS[0]))
 
 

@@ -114,7 +114,9 @@ def test_crafted_checkpoints_are_refused_and_never_unpickled(lake, tmp_path):
     runs = [
         (["pretrain", *common, "--version", "p", "--domains", DOMAIN], "p/backbone"),
         (
-            ["finetune", *common, "--version", "f", "--domain", DOMAIN, "--backbone-version", "m1"],
+            # identity: this lake holds no embeddings for the matched alignment to read
+            ["finetune", *common, "--version", "f", "--domain", DOMAIN, "--backbone-version", "m1",
+             "--permutation", "identity"],
             f"f/domain-{DOMAIN}",
         ),
     ]
@@ -307,7 +309,7 @@ def test_no_secret_reaches_mlflow_or_the_logs(lake, tmp_path):
     hyper = {
         "model": json.loads(SMALL),
         "pretrain": {"epochs": 2, "batch_size": 256},
-        "finetune": {"epochs": 2, "batch_size": 256},
+        "finetune": {"epochs": 2, "batch_size": 256, "permutation": "identity"},  # no embeddings
     }
     done = subprocess.run(
         [sys.executable, "-c", STAGES, str(lake), DOMAIN, json.dumps(hyper)],

@@ -125,7 +125,42 @@ def fit_quantizer(
     is deterministic for a given ``x``, ``seed`` and ``threads=1``.
     """
     x = _check_embeddings(x)
-    n, d = x.shape
+    d = x.shape[1]
+    code_dim, bits = _check_fit_shape(x.shape[0], d, code_dim, bits)
+    index = faiss.index_factory(
+        d, factory_string(code_dim, bits, normalize), faiss.METRIC_INNER_PRODUCT
+    )
+    opq = _opq_of(index)
+    if niter is not None:
+        if niter < 1:
+            raise ValueError(f"niter must be >= 1, got {niter}")
+        opq.niter = int(niter)
+    # faiss starts OPQ from a rotation drawn with a fixed seed (1234): draw it from ours.
+    rng = np.random.default_rng(seed)
+    start_rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    faiss.copy_array_to_vector(start_rotation.astype(np.float32).ravel(), opq.A)
+    # Without this OPQ trains its rotation against an internal 8-bit PQ whatever `bits` is,
+    # with k-means seed 1234; give it a PQ of the real shape and our seed.
+    opq_pq = faiss.ProductQuantizer(d, code_dim, bits)
+    opq_pq.cp.seed = seed
+    opq_pq.cp.min_points_per_centroid = 1  # we warned above, once
+    opq.pq = opq_pq
+    ivf = faiss.downcast_index(faiss.downcast_index(index).index)
+    ivf.pq.cp.seed = seed
+    ivf.pq.cp.min_points_per_centroid = 1
+    ivf.cp.min_points_per_centroid = 1  # the single coarse centroid (the mean)
+    ivf.cp.seed = seed
+    try:
+        with faiss_threads(threads):
+            index.train(x)
+    finally:
+        opq.pq = None  # opq_pq dies with this frame: never leave a dangling pointer
+    return index
+
+
+def _check_fit_shape(n: int, d: int, code_dim: int, bits: int) -> tuple[int, int]:
+    """``(code_dim, bits)`` as ints, or a ValueError saying what to change: faiss itself
+    aborts or segfaults on several of these shapes instead of raising."""
     if not isinstance(code_dim, numbers.Integral) or code_dim < 1:
         raise ValueError(f"code_dim must be a positive integer, got {code_dim!r}")
     code_dim = int(code_dim)
@@ -160,36 +195,7 @@ def fit_quantizer(
             n_centroids,
             FAISS_MIN_POINTS_PER_CENTROID * n_centroids,
         )
-
-    index = faiss.index_factory(
-        d, factory_string(code_dim, bits, normalize), faiss.METRIC_INNER_PRODUCT
-    )
-    opq = _opq_of(index)
-    if niter is not None:
-        if niter < 1:
-            raise ValueError(f"niter must be >= 1, got {niter}")
-        opq.niter = int(niter)
-    # faiss starts OPQ from a rotation drawn with a fixed seed (1234): draw it from ours.
-    rng = np.random.default_rng(seed)
-    start_rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    faiss.copy_array_to_vector(start_rotation.astype(np.float32).ravel(), opq.A)
-    # Without this OPQ trains its rotation against an internal 8-bit PQ whatever `bits` is,
-    # with k-means seed 1234; give it a PQ of the real shape and our seed.
-    opq_pq = faiss.ProductQuantizer(d, code_dim, bits)
-    opq_pq.cp.seed = seed
-    opq_pq.cp.min_points_per_centroid = 1  # we warned above, once
-    opq.pq = opq_pq
-    ivf = faiss.downcast_index(faiss.downcast_index(index).index)
-    ivf.pq.cp.seed = seed
-    ivf.pq.cp.min_points_per_centroid = 1
-    ivf.cp.min_points_per_centroid = 1  # the single coarse centroid (the mean)
-    ivf.cp.seed = seed
-    try:
-        with faiss_threads(threads):
-            index.train(x)
-    finally:
-        opq.pq = None  # opq_pq dies with this frame: never leave a dangling pointer
-    return index
+    return code_dim, bits
 
 
 def unpack_codes(packed: np.ndarray, code_dim: int, bits: int) -> np.ndarray:

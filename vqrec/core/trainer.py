@@ -32,6 +32,7 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,37 +73,68 @@ EARLY_STOP_METRIC = "ndcg@10"
 class TrainConfig:
     """How to train (the model's shape lives in :class:`vqrec.core.model.ModelConfig`)."""
 
-    mode: str = "pretrain"  # pretrain | transfer | full | scratch
-    epochs: int = 300  # upper bound; early stopping usually ends first
-    batch_size: int = 2048
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better valid NDCG@10 before stopping
-    seed: int = 2026
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    rho: float = 0.75  # share of code indices corrupted for the hard negative
-    permutation: str = "learned"  # matched | learned | identity | random (transfer/full)
-    permutation_epochs: int = 5  # learned only
+    # Each field's help is its flag's help (vqrec.stages.flags declares the CLI flags).
+    mode: str = field(default="pretrain", metadata={"help": "phase", "choices": MODES})
+    epochs: int = field(
+        default=300, metadata={"help": "upper bound; early stopping usually ends first"}
+    )
+    batch_size: int = field(default=2048, metadata={"help": "training rows per batch"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    patience: int = field(
+        default=10, metadata={"help": "epochs without a better valid NDCG@10 before stopping"}
+    )
+    seed: int = field(default=2026, metadata={"help": "random seed"})
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda | cuda:N"}
+    )
+    rho: float = field(
+        default=0.75, metadata={"help": "share of code indices corrupted for the hard negative"}
+    )
+    permutation: str = field(
+        default="learned",
+        metadata={"help": "code alignment (transfer/full)", "choices": PERMUTATIONS},
+    )
+    permutation_epochs: int = field(default=5, metadata={"help": "learned permutation only"})
     # Adam on the Gumbel-Sinkhorn logits. At 1e-3 (the value before) ~20 steps an epoch move
     # a logit by ~0.02 against Gumbel noise of scale 1: the hard permutation stayed random and
     # the loss flat (8.79-8.80 on Scientific). At 0.1 it falls (8.74 -> 8.43 in 3 epochs).
     permutation_lr: float = 0.1
     sinkhorn_iters: int = 3
-    bucket: bool = True  # length-bucketed batches (see vqrec.data.batch_rows)
+    bucket: bool = field(
+        default=True,  # see vqrec.data.batch_rows
+        metadata={"help": "length-bucketed batches (--no-bucket: plain random batches)"},
+    )
     # "last": one target per prefix row (the published way: every prefix is a row);
     # "all": each user's training part as one chain, a target at every position (the same
     # targets and histories in one causal pass; see vqrec.data.training_chains).
-    targets: str = "last"
+    targets: str = field(
+        default="last",
+        metadata={
+            "help": "last: a row per prefix (published); all: a target at every position "
+            "of a chain",
+            "choices": ("last", "all"),
+        },
+    )
     max_len: int = 50
     eval_batch_size: int = 1024
-    valid_rows: int = 0  # evaluate on a fixed sample of at most this many valid rows/domain (0 all)
-    amp: bool = False  # bf16 autocast (off: not measured to help on CPU)
-    compile: bool = False  # torch.compile the training objective (off: not measured)
-    progress: bool = True  # tqdm bars
+    valid_rows: int = field(
+        default=0,
+        metadata={"help": "evaluate on a fixed sample of this many valid rows/domain (0: all)"},
+    )
+    amp: bool = field(
+        default=False, metadata={"help": "bf16 autocast (not measured to help on CPU)"}
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the training objective (not measured)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "tqdm bars"})
     stop_after_epochs: int = 0  # >0: stop (as if killed) after this many epochs of this run
     # >0: the epoch (of any phase) that crosses this wall time is the last of its phase, and
     # the fine-tuning phase then stops after its first epoch
-    time_budget_min: float = 0.0
+    time_budget_min: float = field(
+        default=0.0, metadata={"help": "minutes; the last epoch is the one crossing it (0: off)"}
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -424,6 +456,35 @@ class Loop:
         budget = self.cfg.time_budget_min * 60
         return bool(budget) and time.perf_counter() - self.started > budget
 
+    def fit(
+        self,
+        rows: Sequences,
+        step: Callable[..., torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.Tensor],
+        validate: Callable[[], tuple[dict[str, float], float]],
+        desc: str,
+    ) -> None:
+        """The training phase, for pretrain() and finetune() alike: epochs until ``cfg.epochs``,
+        patience or the time budget, each one validated, recorded and checkpointed (a resumed
+        run continues after its last finished epoch); ends with the best model loaded.
+
+        ``validate() -> (metrics, seconds)``: the caller decides who evaluates (rank 0 only in
+        distributed pre-training) and how; ``desc`` prefixes the progress bar ("pretrain 3")."""
+        start = self.finished("train", self.cfg.epochs)
+        stop = bool(self.position.get("done")) and self.position["phase"] == "train"
+        for epoch in range(start + 1, self.cfg.epochs + 1):
+            if stop:
+                break
+            self.model.train()
+            entry = self.run_epoch(rows, step, optimizer, f"{desc} {epoch}", params)
+            metrics, entry["valid_seconds"] = validate()
+            stop = self.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
+            self.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
+            self.tick()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
 
 def _result(loop: Loop, model: VQRec, cfg: TrainConfig, test: dict[str, Any]) -> TrainResult:
     """The trained model with its per-epoch history, best valid and test metrics, config."""
@@ -478,6 +539,31 @@ def _subsample(seqs: Sequences, n: int, seed: int) -> Sequences:
 # ---------------------------------------------------------------------- pre-training
 
 
+def _pretrain_valid(
+    model: VQRec,
+    data: MultiDomain,
+    valid: dict[str, Sequences],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Valid metrics of every domain (``<domain>/<metric>``) and their mean (the bare names,
+    early stopping's NDCG@10 among them)."""
+    per_domain = {
+        d: _eval_valid(
+            model,
+            valid[d],
+            cfg,
+            device,
+            item_offset=data.offsets[d],
+            n_items=data.domains[d].n_items,
+        )
+        for d in data.names
+    }
+    keys = next(iter(per_domain.values()))
+    mean = {k: float(np.mean([m[k] for m in per_domain.values()])) for k in keys}
+    return mean | {f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()}
+
+
 def pretrain(
     data: MultiDomain,
     cfg: TrainConfig,
@@ -515,40 +601,18 @@ def pretrain(
         neg = corrupt_codes(codes[flat], cfg.rho, model_cfg.code_cap, loop.noise_gen)
         return objective(hist, lengths, targets, neg)
 
-    def valid_metrics() -> dict[str, float]:
-        per_domain = {
-            d: _eval_valid(
-                model,
-                valid[d],
-                cfg,
-                device,
-                item_offset=data.offsets[d],
-                n_items=data.domains[d].n_items,
-            )
-            for d in data.names
-        }
-        keys = next(iter(per_domain.values()))
-        mean = {k: float(np.mean([m[k] for m in per_domain.values()])) for k in keys}
-        return mean | {f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()}
-
-    start = loop.finished("train", cfg.epochs)
-    stop = bool(loop.position.get("done"))
-    for epoch in range(start + 1, cfg.epochs + 1):
-        if stop:
-            break
-        model.train()
-        rows = data.chains if cfg.targets == "all" else data.train
-        entry = loop.run_epoch(rows, step, optimizer, f"pretrain {epoch}", params)
-        metrics, entry["valid_seconds"] = _timed(valid_metrics) if rank == 0 else ({}, 0.0)
+    def validate() -> tuple[dict[str, float], float]:
+        metrics, seconds = ({}, 0.0)
+        if rank == 0:
+            metrics, seconds = _timed(_pretrain_valid, model, data, valid, cfg, device)
         if world > 1:  # rank 0 evaluates; everyone follows its early-stopping decision
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
             metrics = box[0]
-        stop = loop.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
-        loop.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
-        loop.tick()
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
+        return metrics, seconds
+
+    rows = data.chains if cfg.targets == "all" else data.train
+    loop.fit(rows, step, optimizer, params, validate, "pretrain")
     test = {}
     if rank == 0:
         for d in data.names:
@@ -659,19 +723,11 @@ def finetune(
     optimizer = _optimizer(params, cfg.lr, cfg.weight_decay)
     if loop.restored is not None and loop.position["phase"] == "train" and loop.position["epoch"]:
         optimizer.load_state_dict(loop.restored["optimizer"])
-    start = loop.finished("train", cfg.epochs)
-    stop = bool(loop.position.get("done")) and loop.position["phase"] == "train"
-    for epoch in range(start + 1, cfg.epochs + 1):
-        if stop:
-            break
-        model.train()
-        entry = loop.run_epoch(train, objective, optimizer, f"{cfg.mode} {epoch}", params)
-        metrics, entry["valid_seconds"] = _timed(_eval_valid, model, valid, cfg, device)
-        stop = loop.record({"phase": "train", "epoch": epoch, "valid": metrics, **entry})
-        loop.save("train", epoch, {"optimizer": optimizer.state_dict()}, done=stop)
-        loop.tick()
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
+
+    def validate() -> tuple[dict[str, float], float]:
+        return _timed(_eval_valid, model, valid, cfg, device)
+
+    loop.fit(train, objective, optimizer, params, validate, cfg.mode)
     model.unfreeze_all()
     test = _eval_valid(model, data.splits["test"], cfg, device)
     return _result(loop, model, cfg, test)

@@ -146,7 +146,33 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
             else [False] * n_rows
         )
 
-        # Items unseen in training, per row; embedded all at once.
+        new_per_row, texts = self._new_items(df)
+        table = self.item_emb
+        if texts:
+            table = torch.cat([self.item_emb, self.embed_new_items(texts)])
+        histories, unknown = self._histories(df, new_per_row)
+        names = np.concatenate([self.item_ids, np.array(texts, dtype=object)])
+        for mapping in new_per_row:
+            for item_id, idx in mapping.items():
+                names[idx] = item_id
+        out_ids, out_scores = self._rank(histories, table, names, new_per_row, exclude, ks)
+        strategy = ["model"] * n_rows
+        for r in range(n_rows):
+            if not histories[r]:
+                strategy[r] = "popularity"
+                out_ids[r], out_scores[r] = self._popular(ks[r], new_per_row[r])
+        return pd.DataFrame(
+            {
+                "item_ids": out_ids,
+                "scores": out_scores,
+                "unknown_items": unknown,
+                "strategy": strategy,
+            }
+        )
+
+    def _new_items(self, df: pd.DataFrame) -> tuple[list[dict[str, int]], list[str]]:
+        """Items unseen in training, per row: ``{item_id: row of the extended table}`` per
+        input row, and the texts to embed (all rows' at once, in table order)."""
         new_per_row: list[dict[str, int]] = []
         texts: list[str] = []
         for row, value in enumerate(df["new_items"] if "new_items" in df.columns else []):
@@ -157,13 +183,14 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
                 mapping[item["item_id"]] = len(self.item_emb) + len(texts)
                 texts.append(item["text"])
             new_per_row.append(mapping)
-        new_per_row += [{} for _ in range(n_rows - len(new_per_row))]
-        table = self.item_emb
-        if texts:
-            table = torch.cat([self.item_emb, self.embed_new_items(texts)])
-        n_known = len(self.item_emb)
+        new_per_row += [{} for _ in range(len(df) - len(new_per_row))]
+        return new_per_row, texts
 
-        # Histories as rows of the (extended) table; unknown ids are reported, not fatal.
+    def _histories(
+        self, df: pd.DataFrame, new_per_row: list[dict[str, int]]
+    ) -> tuple[list[list[int]], list[list[str]]]:
+        """Histories as rows of the (extended) table, the last ``max_len`` kept, and each
+        row's ids found nowhere: unknown ids are reported, not fatal."""
         max_len = self.model.config.max_len
         histories, unknown = [], []
         for row, value in enumerate(df["history"]):
@@ -174,14 +201,25 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
                 (ids if idx else missing).append(idx or item)
             histories.append(ids[-max_len:])
             unknown.append(missing)
+        return histories, unknown
 
+    def _rank(
+        self,
+        histories: list[list[int]],
+        table: Any,
+        names: np.ndarray,
+        new_per_row: list[dict[str, int]],
+        exclude: list[bool],
+        ks: list[int],
+    ) -> tuple[list[list[str]], list[list[float]]]:
+        """Top-k ids and scores of every row with a history (others stay empty): the model
+        scores the whole (extended) table, 256 rows at a time."""
+        import torch
+
+        n_rows = len(histories)
+        n_known = len(self.item_emb)
         out_ids: list[list[str]] = [[] for _ in range(n_rows)]
         out_scores: list[list[float]] = [[] for _ in range(n_rows)]
-        strategy = ["model"] * n_rows
-        names = np.concatenate([self.item_ids, np.array(texts, dtype=object)])
-        for mapping in new_per_row:
-            for item_id, idx in mapping.items():
-                names[idx] = item_id
         rows = [r for r in range(n_rows) if histories[r]]
         for start in range(0, len(rows), 256):  # bounded (rows x catalogue) score matrix
             chunk = rows[start : start + 256]
@@ -207,18 +245,7 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
                 values, order = torch.sort(row_scores, descending=True, stable=True)
                 out_ids[r] = [str(names[j]) for j in order[:k].tolist()]
                 out_scores[r] = [float(v) for v in values[:k].tolist()]
-        for r in range(n_rows):
-            if not histories[r]:
-                strategy[r] = "popularity"
-                out_ids[r], out_scores[r] = self._popular(ks[r], new_per_row[r])
-        return pd.DataFrame(
-            {
-                "item_ids": out_ids,
-                "scores": out_scores,
-                "unknown_items": unknown,
-                "strategy": strategy,
-            }
-        )
+        return out_ids, out_scores
 
     def _ks(self, df: pd.DataFrame) -> list[int]:
         if "k" not in df.columns:

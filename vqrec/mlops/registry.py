@@ -474,21 +474,7 @@ def register_bundle(
                 tracking.log_quality_report(clean_dir, info["domain"])
             except LakeError as exc:
                 log.warning("no quality report logged: %s", exc)
-        with tempfile.TemporaryDirectory() as code_dir:
-            code = serving_code(Path(code_dir))
-            model_info = mlflow.pyfunc.log_model(
-                name=name,
-                # Models from code: MLflow runs pyfunc_entry.py at load time, nothing is pickled.
-                python_model=str(code / "mlops" / "pyfunc_entry.py"),
-                artifacts=bundle.artifacts,
-                code_paths=[str(code)],
-                signature=signature(),
-                input_example=bundle.input_example,
-                registered_model_name=name,
-                # Given, not inferred: inference would import and profile the model (slow).
-                pip_requirements=_requirements(),
-            )
-        version = str(model_info.registered_model_version)
+        version = _log_pyfunc(name, bundle)
         tags = {
             TAG_MODEL_VERSION: info["model_version"],
             TAG_CONTENT: info["content_sha1"],
@@ -506,6 +492,26 @@ def register_bundle(
         decision = promote(client, name, version, metric, tolerance)
         mlflow.set_tag("vqrec.registered_version", version)
     return {"name": name, "version": version, "reused": False, "promotion": decision}
+
+
+def _log_pyfunc(name: str, bundle: Bundle) -> str:
+    """Log ``bundle`` as a pyfunc on the active run and register it as a new version of
+    ``name``; returns that version. Only :data:`SERVING_CODE` travels in ``code_paths``."""
+    with tempfile.TemporaryDirectory() as code_dir:
+        code = serving_code(Path(code_dir))
+        model_info = mlflow.pyfunc.log_model(
+            name=name,
+            # Models from code: MLflow runs pyfunc_entry.py at load time, nothing is pickled.
+            python_model=str(code / "mlops" / "pyfunc_entry.py"),
+            artifacts=bundle.artifacts,
+            code_paths=[str(code)],
+            signature=signature(),
+            input_example=bundle.input_example,
+            registered_model_name=name,
+            # Given, not inferred: inference would import and profile the model (slow).
+            pip_requirements=_requirements(),
+        )
+    return str(model_info.registered_model_version)
 
 
 def _model_description(name: str, info: dict[str, Any]) -> str:
@@ -620,17 +626,56 @@ def register_all(
         domains = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
     # Every name checked before anything is registered: a bad one must not leave half a run.
     domains = [validate_name(d, "domain") for d in domains]
-    results = []
-    if backbone and (models_dir / "backbone" / "model.safetensors").exists():
-        results.append(
-            register_backbone(lake, models_dir.name, pipeline_run_id, metric, tolerance, experiment)
+    backbone = backbone and (models_dir / "backbone" / "model.safetensors").exists()
+    registered = register_models(
+        lake, models_dir.name, domains, pipeline_run_id, backbone, metric, tolerance, experiment
+    )
+    return [result for _, result in registered]
+
+
+def register_models(
+    lake: str | os.PathLike[str] | None,
+    model_version: str | None,
+    domains: Sequence[str],
+    pipeline_run_id: str | None,
+    backbone: bool,
+    metric: str = DEFAULT_METRIC,
+    tolerance: float = 0.0,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    backbone_versions: dict[str, str | None] | None = None,
+    domain_versions: dict[str, str | None] | None = None,
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """Register the backbone (when ``backbone``), then each domain in the order given.
+
+    The one loop behind :func:`register_all` (the CLI's) and ``pipeline.register_run`` (the
+    DAGs'): ``(None, result)`` for the backbone, ``(domain, result)`` for each domain, so each
+    caller shapes its own answer. ``*_versions`` name the data versions explicitly (else they
+    are read from the model's own records).
+    """
+    results: list[tuple[str | None, dict[str, Any]]] = []
+    if backbone:
+        result = register_backbone(
+            lake,
+            model_version,
+            pipeline_run_id,
+            metric,
+            tolerance,
+            experiment,
+            **(backbone_versions or {}),
         )
+        results.append((None, result))
     for domain in domains:
-        results.append(
-            register_domain(
-                lake, domain, models_dir.name, pipeline_run_id, metric, tolerance, experiment
-            )
+        result = register_domain(
+            lake,
+            domain,
+            model_version,
+            pipeline_run_id,
+            metric,
+            tolerance,
+            experiment,
+            **(domain_versions or {}),
         )
+        results.append((domain, result))
     return results
 
 

@@ -310,7 +310,7 @@ def epoch_records(metrics: Mapping[str, Any]) -> list[dict[str, float]]:
     other than ``train`` get the phase as prefix (``permutation_loss``), so that phases whose
     epochs restart at 1 never write the same metric at the same step.
     """
-    rows = metrics.get("history") or metrics.get("epochs") or []
+    rows = metrics.get("history") or []
     out = []
     for i, row in enumerate(rows if isinstance(rows, list) else []):
         if not isinstance(row, Mapping):
@@ -342,7 +342,6 @@ def test_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     nested = metrics.get("test")
     if isinstance(nested, Mapping):
         out.update({f"test_{k}": float(v) for k, v in nested.items() if _is_number(v)})
-    out.update({k: float(v) for k, v in metrics.items() if k.startswith("test_") and _is_number(v)})
     per_metric: dict[str, list[float]] = {}
     for key, value in out.items():
         if "/" in key:
@@ -429,35 +428,26 @@ def log_codes(codes_dir: str | os.PathLike[str], domains: list[str] | None = Non
     if not stats_path.exists():
         return
     mlflow.log_artifact(str(stats_path), artifact_path="codes")
+    # stats.json as vqrec.stages.codes writes it: {"domains": {<domain>: code_stats(...)}, ...}
     stats = _read_json(stats_path)
-    per_domain = stats.get("domains", stats) if isinstance(stats, Mapping) else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for domain, dstats in per_domain.items():
-            if not isinstance(dstats, Mapping) or (domains is not None and domain not in domains):
+        for domain, dstats in stats["domains"].items():
+            if domains is not None and domain not in domains:
                 continue
             for key, value in dstats.items():
                 if _is_number(value):
                     mlflow.log_metric(mlflow_key(f"codes.{domain}.{key}"), float(value))
-            entropy = _first(dstats, "entropy_bits", "usage_entropy", "entropy")
-            if isinstance(entropy, list) and entropy:
+            entropy = dstats.get("entropy_bits")
+            if entropy:
                 png = Path(tmp) / f"code_usage_{domain}.png"
-                cap = _first(dstats, "code_cap", "M") or _first(stats, "code_cap")
+                cap = dstats.get("code_cap")
                 plot_code_usage(entropy, png, code_cap=cap, title=f"{domain}: code usage")
                 mlflow.log_artifact(str(png), artifact_path="plots")
-            groups = _first(dstats, "collision_group_sizes", "collision_groups", "group_sizes")
-            if isinstance(groups, Mapping | list) and groups:
+            groups = dstats.get("collision_group_sizes")
+            if groups:
                 png = Path(tmp) / f"collisions_{domain}.png"
                 plot_collision_histogram(groups, png, title=f"{domain}: items sharing a code")
                 mlflow.log_artifact(str(png), artifact_path="plots")
-
-
-def _first(mapping: Any, *keys: str) -> Any:
-    if not isinstance(mapping, Mapping):
-        return None
-    for key in keys:
-        if key in mapping:
-            return mapping[key]
-    return None
 
 
 def log_quality_report(clean_dir: str | os.PathLike[str], domain: str) -> dict[str, Any] | None:

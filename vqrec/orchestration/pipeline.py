@@ -177,8 +177,12 @@ def _code_stage(
     """The codes stage of a run (one MLflow stage run): fit what is missing, code everything."""
     from vqrec.mlops import tracking
     from vqrec.stages.codes import CodesConfig, run_codes
+    from vqrec.stages.flags import config_from_dict
 
-    config = CodesConfig(
+    config = config_from_dict(
+        CodesConfig,
+        _hyper(p, "codes"),
+        "hyper.codes",
         pretrain_domains=tuple(pretrain),
         target_domains=tuple(targets),
         strategy=p.code_strategy,
@@ -187,7 +191,6 @@ def _code_stage(
         embeddings_version=p.version,
         clean_version=p.version,
         frozen_from=frozen_from,
-        **_hyper(p, "codes"),
     )
     with tracking.stage_run(
         p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
@@ -209,12 +212,17 @@ def _train_configs(
     plan: RunPlan, section: str, defaults: dict[str, Any] | None = None, **fixed: Any
 ):
     """(TrainConfig, ModelConfig) for one training stage: ``defaults`` < the plan's
-    ``hyper[section]`` < ``fixed``."""
+    ``hyper[section]`` < ``fixed``. A key that names no field: a ValueError naming it."""
     from vqrec.core.model import ModelConfig
     from vqrec.core.trainer import TrainConfig
+    from vqrec.stages.flags import config_from_dict
 
+    # Only the plan's keys can be unknown: defaults and fixed are this module's own.
     train = {"progress": False, **(defaults or {}), **_hyper(plan, section), **fixed}
-    return TrainConfig(**train), ModelConfig(**_hyper(plan, "model"))
+    return (
+        config_from_dict(TrainConfig, train, f"hyper.{section}"),
+        config_from_dict(ModelConfig, _hyper(plan, "model"), "hyper.model"),
+    )
 
 
 def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
@@ -307,21 +315,22 @@ def register_run(
     tolerance = float(p.hyper.get("promotion_tolerance", 0.0))
     key = p.run_id or p.version
     versions = {"clean_version": p.version, "codes_version": p.version}
+    registered = registry.register_models(
+        p.lake,
+        p.version,
+        sorted(summary["domains"]),
+        key,
+        backbone,
+        tolerance=tolerance,
+        backbone_versions=versions,
+        domain_versions={**versions, "embeddings_version": p.version},
+    )
     out: dict[str, Any] = {"domains": {}}
-    if backbone:
-        out["backbone"] = registry.register_backbone(
-            p.lake, p.version, key, tolerance=tolerance, **versions
-        )
-    for domain in sorted(summary["domains"]):
-        out["domains"][domain] = registry.register_domain(
-            p.lake,
-            domain,
-            p.version,
-            key,
-            tolerance=tolerance,
-            embeddings_version=p.version,
-            **versions,
-        )
+    for domain, result in registered:
+        if domain is None:
+            out["backbone"] = result
+        else:
+            out["domains"][domain] = result
     tracking.end_pipeline_run(p.lake, key, status="FAILED" if summary.get("failed") else "FINISHED")
     return out
 

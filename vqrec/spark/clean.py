@@ -415,32 +415,8 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
             phase("kcore")
             tables = build_tables(kept, items, config.max_history)
             tables = {name: keep(df) for name, df in tables.items()}
-            quarantine = events.where(F.col("reason").isNotNull()).select(
-                "domain", "source", "line", "raw", "reason"
-            )
-            quarantine = quarantine.unionByName(
-                items.where(F.col("reason").isNotNull()).select(
-                    "domain", "source", "line", "raw", "reason"
-                )
-            )
-            tables["quarantine"] = quarantine
-
-            stats = {
-                "events": _counts(events, ["domain", "source", "reason"]),
-                "items": _counts(items, ["domain", "source", "reason"]),
-                "kept_by_source": _counts(kept, ["domain", "source"]),
-                "accepted": accepted.groupBy("domain")
-                .agg(
-                    F.count(F.lit(1)).alias("events"),
-                    F.countDistinct("user_id").alias("users"),
-                    F.countDistinct("item_id").alias("items"),
-                )
-                .collect(),
-                "interactions": _counts(tables["interactions"], ["domain"]),
-                "users": _counts(tables["users"], ["domain"]),
-                "item_table": _counts(tables["items"], ["domain"]),
-                "sequences": _counts(tables["sequences"], ["domain", "split"]),
-            }
+            tables["quarantine"] = _quarantine(events, items)
+            stats = _stats(events, items, accepted, kept, tables)
             phase("stats")
             for name in TABLES:
                 write_table(tables[name], out, name, domains)
@@ -463,6 +439,42 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
     finally:
         for df in cached:
             df.unpersist()
+
+
+def _quarantine(events: DataFrame, items: DataFrame) -> DataFrame:
+    """The refused event and item lines, each with its file, line number, raw text and reason."""
+    quarantine = events.where(F.col("reason").isNotNull()).select(
+        "domain", "source", "line", "raw", "reason"
+    )
+    return quarantine.unionByName(
+        items.where(F.col("reason").isNotNull()).select("domain", "source", "line", "raw", "reason")
+    )
+
+
+def _stats(
+    events: DataFrame,
+    items: DataFrame,
+    accepted: DataFrame,
+    kept: DataFrame,
+    tables: dict[str, DataFrame],
+) -> dict[str, Any]:
+    """The counts the per-domain reports are made of (collected: the Spark jobs run here)."""
+    return {
+        "events": _counts(events, ["domain", "source", "reason"]),
+        "items": _counts(items, ["domain", "source", "reason"]),
+        "kept_by_source": _counts(kept, ["domain", "source"]),
+        "accepted": accepted.groupBy("domain")
+        .agg(
+            F.count(F.lit(1)).alias("events"),
+            F.countDistinct("user_id").alias("users"),
+            F.countDistinct("item_id").alias("items"),
+        )
+        .collect(),
+        "interactions": _counts(tables["interactions"], ["domain"]),
+        "users": _counts(tables["users"], ["domain"]),
+        "item_table": _counts(tables["items"], ["domain"]),
+        "sequences": _counts(tables["sequences"], ["domain", "split"]),
+    }
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

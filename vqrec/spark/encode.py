@@ -12,7 +12,7 @@ call with one torch thread. Texts are cached by ``(encoder_key, text_hash)`` und
 ``<lake>/embedding_cache/<encoder_key>/``: one immutable Parquet file per run that encoded
 something, so a nightly run encodes only texts it has never seen.
 
-    vqrec encode --lake LAKE --version V [--clean-version CV] [--domains A B]
+    vqrec encode --lake LAKE --version V [--clean-version CV] [--domains A,B]
                  [--model PATH_OR_NAME] [--batch-size 256] [--master local[2]]
 """
 
@@ -240,6 +240,65 @@ def _tidy_spark_output(folder: Path) -> None:
             canonical_parquet(domain_dir / f"part-{i:05d}.parquet")
 
 
+def _wanted_domains(items_root: Path, domains: list[str] | None) -> dict[str, Path]:
+    """The item folders of ``domains`` (all when None), in name order; an unknown name is a
+    LakeError listing the available ones."""
+    available = _domain_folders(items_root)
+    if domains:
+        wanted = [validate_name(d, "domain") for d in domains]
+        unknown = [d for d in wanted if d not in available]
+        if unknown:
+            raise LakeError(
+                f"domain(s) {unknown} not in {items_root} (available: {sorted(available)})"
+            )
+    else:
+        wanted = sorted(available)
+    return {d: available[d] for d in sorted(wanted)}
+
+
+def _texts_to_encode(items: DataFrame, cached: DataFrame | None) -> tuple[DataFrame, int, int]:
+    """Distinct texts this run needs, minus those this encoder has already seen (``cached``):
+    (those texts, how many distinct texts in all, how many to encode)."""
+    unique = items.select("text_hash", "text").dropDuplicates(["text_hash"])
+    if cached is None:
+        n_unique = unique.count()
+        return unique, n_unique, n_unique
+    seen = cached.select("text_hash", F.lit(1).alias("_seen"))
+    todo = unique.join(seen.drop("_seen"), "text_hash", "left_anti")
+    totals = unique.join(seen, "text_hash", "left").agg(
+        F.count(F.lit(1)).alias("n"), F.count("_seen").alias("seen")
+    )
+    row = totals.first()
+    return todo, int(row["n"]), int(row["n"]) - int(row["seen"])
+
+
+def _encode_texts(
+    spark: SparkSession,
+    todo: DataFrame,
+    n_todo: int,
+    model_id: str,
+    config: EncodeConfig,
+    cache_dir: Path,
+) -> tuple[int, str, float]:
+    """Encode ``todo`` on the executors into one new cache file of ``cache_dir``:
+    (texts encoded, the file's name, seconds spent encoding)."""
+    partitions = config.partitions or 2 * spark.sparkContext.defaultParallelism
+    partitions = max(1, min(partitions, -(-n_todo // config.batch_size)))
+    # Hash-partitioned for balanced tasks, then sorted by length (ties by hash, so batches
+    # are the same every run) so each Arrow batch holds texts of similar length.
+    vectors = (
+        todo.repartition(partitions, "text_hash")
+        .sortWithinPartitions(F.length("text"), "text_hash")
+        .mapInPandas(_encode_partition(model_id, config.batch_size), CACHE_SCHEMA)
+    )
+    spark_out = cache_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    vectors.write.parquet(str(spark_out))
+    encode_seconds = time.perf_counter() - t0
+    cache_path, encoded = _commit_cache_file(spark_out, cache_dir)
+    return encoded, cache_path.name, encode_seconds
+
+
 def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
     """Encode the items of a committed clean version; returns the run's summary.
 
@@ -252,17 +311,7 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
     version = validate_name(config.version or default_version(), "version")
     clean_dir = resolve_version(root, "clean", config.clean_version)
     items_root = clean_dir / "items"
-    available = _domain_folders(items_root)
-    if config.domains:
-        wanted = [validate_name(d, "domain") for d in config.domains]
-        unknown = [d for d in wanted if d not in available]
-        if unknown:
-            raise LakeError(
-                f"domain(s) {unknown} not in {items_root} (available: {sorted(available)})"
-            )
-    else:
-        wanted = sorted(available)
-    folders = {d: available[d] for d in sorted(wanted)}
+    folders = _wanted_domains(items_root, config.domains)
 
     model_id = resolve_model(config.model)
     dim = embedding_dimension(load_encoder(model_id))
@@ -274,38 +323,13 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
     counts = _count_and_check_items(items, items_root)
     per_domain = {d: counts.get(d, 0) for d in folders}
 
-    # Distinct texts this run needs, minus those this encoder has already seen.
-    unique = items.select("text_hash", "text").dropDuplicates(["text_hash"])
     cached = _read_cache(spark, cache_dir)
-    if cached is None:
-        todo = unique
-        n_unique = n_todo = unique.count()
-    else:
-        seen = cached.select("text_hash", F.lit(1).alias("_seen"))
-        todo = unique.join(seen.drop("_seen"), "text_hash", "left_anti")
-        totals = unique.join(seen, "text_hash", "left").agg(
-            F.count(F.lit(1)).alias("n"), F.count("_seen").alias("seen")
-        )
-        row = totals.first()
-        n_unique, n_todo = int(row["n"]), int(row["n"]) - int(row["seen"])
-
+    todo, n_unique, n_todo = _texts_to_encode(items, cached)
     encoded, cache_file, encode_seconds = 0, None, 0.0
     if n_todo:
-        partitions = config.partitions or 2 * spark.sparkContext.defaultParallelism
-        partitions = max(1, min(partitions, -(-n_todo // config.batch_size)))
-        # Hash-partitioned for balanced tasks, then sorted by length (ties by hash, so batches
-        # are the same every run) so each Arrow batch holds texts of similar length.
-        vectors = (
-            todo.repartition(partitions, "text_hash")
-            .sortWithinPartitions(F.length("text"), "text_hash")
-            .mapInPandas(_encode_partition(model_id, config.batch_size), CACHE_SCHEMA)
+        encoded, cache_file, encode_seconds = _encode_texts(
+            spark, todo, n_todo, model_id, config, cache_dir
         )
-        spark_out = cache_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-        t0 = time.perf_counter()
-        vectors.write.parquet(str(spark_out))
-        encode_seconds = time.perf_counter() - t0
-        cache_path, encoded = _commit_cache_file(spark_out, cache_dir)
-        cache_file = cache_path.name
         cached = _read_cache(spark, cache_dir)
     reused = n_unique - encoded
     log.info(
@@ -336,44 +360,58 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
         **config.extra,
     }
     with staged_version(root, "embeddings", version, metadata=summary) as out:
-        rows = items.select("domain", "item_idx", "item_id", "text_hash")
-        if cached is not None:
-            rows = rows.join(cached, "text_hash", "left")
-        else:  # nothing cached and nothing to encode: only empty domains
-            rows = rows.withColumn("embedding", F.lit(None).cast("array<float>"))
-            rows = rows.withColumn("norm", F.lit(None).cast("float"))
-        rows = rows.select(
-            "domain",
-            "item_idx",
-            "item_id",
-            "text_hash",
-            "embedding",
-            "norm",
-            F.lit(key).alias("encoder"),
-        )
-        # One task per domain -> one file per domain, rows in item_idx order.
-        (
-            rows.repartition(max(1, len(folders)), "domain")
-            .sortWithinPartitions("domain", "item_idx")
-            .write.partitionBy("domain")
-            .parquet(str(out / "items"))
-        )
-        _tidy_spark_output(out / "items")
-        for domain, n in per_domain.items():
-            if n == 0:  # Spark writes no folder for a domain without rows: write it empty
-                empty = rows.filter(F.lit(False)).drop("domain").coalesce(1)
-                empty.write.parquet(str(out / "items" / f"domain={domain}"))
-                _tidy_spark_output(out / "items")
-                _tidy_empty(out / "items" / f"domain={domain}")
-        # Every item must have found its vector; never commit a version with holes.
-        written = spark.read.parquet(str(out / "items"))
-        n_missing = written.filter(F.col("embedding").isNull()).count()
-        if n_missing:
-            raise LakeError(f"{n_missing} item(s) got no embedding (embedding cache damaged?)")
+        _write_embeddings(spark, out, items, cached, key, per_domain)
         summary["seconds"] = round(time.perf_counter() - started, 3)
     items.unpersist()
     summary["path"] = str(root / "embeddings" / version)
     return summary
+
+
+def _write_embeddings(
+    spark: SparkSession,
+    out: Path,
+    items: DataFrame,
+    cached: DataFrame | None,
+    key: str,
+    per_domain: dict[str, int],
+) -> None:
+    """``out/items/domain=<d>/part-NNNNN.parquet``: every item with its cached vector, one
+    file per domain in item_idx order (an empty domain gets an empty file); a LakeError when
+    an item found no vector, so that a version with holes is never committed."""
+    rows = items.select("domain", "item_idx", "item_id", "text_hash")
+    if cached is not None:
+        rows = rows.join(cached, "text_hash", "left")
+    else:  # nothing cached and nothing to encode: only empty domains
+        rows = rows.withColumn("embedding", F.lit(None).cast("array<float>"))
+        rows = rows.withColumn("norm", F.lit(None).cast("float"))
+    rows = rows.select(
+        "domain",
+        "item_idx",
+        "item_id",
+        "text_hash",
+        "embedding",
+        "norm",
+        F.lit(key).alias("encoder"),
+    )
+    # One task per domain -> one file per domain, rows in item_idx order.
+    (
+        rows.repartition(max(1, len(per_domain)), "domain")
+        .sortWithinPartitions("domain", "item_idx")
+        .write.partitionBy("domain")
+        .parquet(str(out / "items"))
+    )
+    _tidy_spark_output(out / "items")
+    for domain, n in per_domain.items():
+        if n == 0:  # Spark writes no folder for a domain without rows: write it empty
+            empty = rows.filter(F.lit(False)).drop("domain").coalesce(1)
+            empty.write.parquet(str(out / "items" / f"domain={domain}"))
+            _tidy_spark_output(out / "items")
+            _tidy_empty(out / "items" / f"domain={domain}")
+    # Every item must have found its vector; never commit a version with holes.
+    written = spark.read.parquet(str(out / "items"))
+    n_missing = written.filter(F.col("embedding").isNull()).count()
+    if n_missing:
+        raise LakeError(f"{n_missing} item(s) got no embedding (embedding cache damaged?)")
 
 
 def _tidy_empty(folder: Path) -> None:
@@ -390,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake", help="lake root (default $VQREC_LAKE or ./var/lake)")
     parser.add_argument("--version", help="output version (default: a UTC timestamp)")
     parser.add_argument("--clean-version", help="clean version to read (default: CURRENT)")
-    parser.add_argument("--domains", nargs="+", help="domains to encode (default: all)")
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        type=lambda value: [d.strip() for d in value.split(",") if d.strip()],
+        help="comma-separated domains to encode (space-separated also works; default: all)",
+    )
     parser.add_argument("--model", help="sentence-transformers folder or name (default MiniLM)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--partitions", type=int, help="encode tasks (default 2 x cores)")
@@ -404,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         lake=args.lake,
         version=args.version,
         clean_version=args.clean_version,
-        domains=args.domains,
+        domains=[d for group in args.domains for d in group] if args.domains else None,
         model=args.model,
         batch_size=args.batch_size,
         partitions=args.partitions,

@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from vqrec.lake.store import (
     validate_name,
 )
 from vqrec.lake.tables import read_item_embeddings, training_items
+from vqrec.stages.flags import add_config_flags
 
 log = logging.getLogger("vqrec.quantize")
 
@@ -68,24 +69,48 @@ STRATEGIES = ("domain", "shared")
 class CodesConfig:
     """What the codes stage fits and writes. Lists are kept sorted: order never matters."""
 
-    pretrain_domains: tuple[str, ...]
-    target_domains: tuple[str, ...] = ()
-    strategy: str = "domain"  # target domains: own strict quantizer, or the shared one
-    lake: str | None = None  # None: $VQREC_LAKE or ./var/lake
-    version: str | None = None  # output version; None: a UTC timestamp
-    embeddings_version: str | None = None  # None: CURRENT
-    clean_version: str | None = None  # None: the one the embeddings came from, else CURRENT
-    code_dim: int = 32  # D sub-vectors
-    bits: int = 8  # M = 2**bits centroids per sub-vector
+    # Each field's help is its `vqrec codes` flag's help (vqrec.stages.flags).
+    pretrain_domains: tuple[str, ...] = field(metadata={"help": "comma-separated"})
+    target_domains: tuple[str, ...] = field(default=(), metadata={"help": "comma-separated"})
+    strategy: str = field(
+        default="domain",
+        metadata={
+            "help": "target domains: own strict quantizer, or the shared one",
+            "choices": STRATEGIES,
+        },
+    )
+    lake: str | None = field(
+        default=None, metadata={"help": "lake root (default $VQREC_LAKE or ./var/lake)"}
+    )
+    version: str | None = field(
+        default=None, metadata={"help": "output version (default: UTC timestamp)"}
+    )
+    embeddings_version: str | None = field(default=None, metadata={"help": "default: CURRENT"})
+    clean_version: str | None = field(
+        default=None, metadata={"help": "default: the embeddings' clean version, or CURRENT"}
+    )
+    code_dim: int = field(default=32, metadata={"help": "D sub-vectors"})
+    bits: int = field(default=8, metadata={"help": "M = 2**bits centroids per sub-vector"})
     seed: int = 0
-    niter: int | None = None  # OPQ iterations; None: faiss's 50
-    normalize: bool = False  # L2-normalise before OPQ (official: raw PLM vectors)
-    strict: bool = True  # fit on training items only (False: on every item)
+    niter: int | None = field(default=None, metadata={"help": "OPQ iterations (faiss default 50)"})
+    normalize: bool = field(
+        default=False,
+        metadata={"help": "L2-normalise before OPQ (official: raw PLM vectors)"},
+    )
+    strict: bool = field(
+        default=True,
+        metadata={"help": "fit on training items only (--no-strict: on every item)"},
+    )
     threads: int = 1
     # An earlier codes version whose quantizers are frozen: every quantizer this run needs
     # ("pretrain", or a target domain's own) that it holds is reused as is, no refit; only
     # the missing ones are fitted (new-domain backfill on the champion's quantizer).
-    frozen_from: str | None = None
+    frozen_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "codes version whose quantizers to reuse frozen (no refit) where it has them"
+        },
+    )
 
     def __post_init__(self) -> None:
         pre = tuple(sorted(set(self.pretrain_domains)))
@@ -175,12 +200,9 @@ def _write_codes(out: Path, dom: _Domain, codes: np.ndarray, quantizer: str) -> 
     return path
 
 
-def run_codes(config: CodesConfig) -> dict[str, Any]:
-    """Fit the quantizers, code every item, commit ``<lake>/codes/<version>/``.
-
-    Returns a summary: version, path, the quantizer of each domain and its code statistics.
-    """
-    cfg = config
+def _input_versions(cfg: CodesConfig) -> tuple[Path, dict[str, Any], Path | None]:
+    """The embeddings version to code and, when ``strict``, the clean version whose
+    sequences decide the training items (by default the one the embeddings were made from)."""
     emb_dir = resolve_version(cfg.lake, "embeddings", cfg.embeddings_version)
     emb_meta = read_success(emb_dir)
     clean_dir = None
@@ -198,16 +220,14 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
                 clean_dir.name,
             )
     log.info("embeddings %s, clean %s", emb_dir, clean_dir)
+    return emb_dir, emb_meta, clean_dir
 
-    def load(domain: str) -> _Domain:
-        return _load_domain(cfg, emb_dir, clean_dir, domain)  # type: ignore[arg-type]
 
-    pretrain = [load(d) for d in cfg.pretrain_domains]
-    targets = [load(d) for d in cfg.target_domains]
-    dims = {d.name: d.x.shape[1] for d in pretrain + targets}
-    if len(set(dims.values())) > 1:
-        raise ValueError(f"embedding dimensions differ between domains: {dims}")
-
+def _quantizers(
+    cfg: CodesConfig, pretrain: list[_Domain], targets: list[_Domain], dims: dict[str, int]
+) -> tuple[dict[str, faiss.Index], dict[str, dict], dict[str, str]]:
+    """The quantizers this run codes with (fitted, or reused from ``frozen_from``), what is
+    known of each (fit domains, sizes, seconds), and the quantizer of every domain."""
     quantizers: dict[str, faiss.Index] = {}
     quantizer_info: dict[str, dict] = {}
     frozen_dir = resolve_version(cfg.lake, "codes", cfg.frozen_from) if cfg.frozen_from else None
@@ -241,6 +261,57 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
             assignment[dom.name] = dom.name
         else:
             assignment[dom.name] = PRETRAIN
+    return quantizers, quantizer_info, assignment
+
+
+def _code_domain(
+    cfg: CodesConfig, out: Path, dom: _Domain, name: str, index: faiss.Index, fitted: bool
+) -> dict[str, Any]:
+    """Code every item of ``dom`` with quantizer ``name``, write its codes table into the
+    staged version ``out``; returns its code statistics (``fitted``: the quantizer was fitted
+    on this domain in this run, so its training items were seen at fit)."""
+    t0 = time.perf_counter()
+    codes = assign_codes(index, dom.x, cfg.threads)
+    _write_codes(out, dom, codes, name)
+    dstats = code_stats(codes, 2**cfg.bits)
+    n_fit = int(dom.train_mask.sum()) if fitted else 0
+    dstats.update(
+        quantizer=name,
+        n_fit_items=n_fit,
+        n_unseen_at_fit=int(len(dom.x) - n_fit),
+        relative_reconstruction_error=reconstruction_error(index, dom.x),
+    )
+    log.info(
+        "domain %s: coded %d items with %s in %.1f s; unique codes %.4f, "
+        "collision groups %d, mean normalised entropy %.3f",
+        dom.name,
+        len(codes),
+        name,
+        time.perf_counter() - t0,
+        dstats["unique_code_share"],
+        dstats["collision_groups"],
+        dstats["mean_entropy_normalized"],
+    )
+    return dstats
+
+
+def run_codes(config: CodesConfig) -> dict[str, Any]:
+    """Fit the quantizers, code every item, commit ``<lake>/codes/<version>/``.
+
+    Returns a summary: version, path, the quantizer of each domain and its code statistics.
+    """
+    cfg = config
+    emb_dir, emb_meta, clean_dir = _input_versions(cfg)
+
+    def load(domain: str) -> _Domain:
+        return _load_domain(cfg, emb_dir, clean_dir, domain)  # type: ignore[arg-type]
+
+    pretrain = [load(d) for d in cfg.pretrain_domains]
+    targets = [load(d) for d in cfg.target_domains]
+    dims = {d.name: d.x.shape[1] for d in pretrain + targets}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"embedding dimensions differ between domains: {dims}")
+    quantizers, quantizer_info, assignment = _quantizers(cfg, pretrain, targets, dims)
 
     # Which domains each quantizer was fitted on in this run (a frozen one: none).
     fitted_on = {name: set(info["domains"]) for name, info in quantizer_info.items()}
@@ -260,29 +331,8 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
             stats["quantizers"][name] = info
         for dom in sorted(pretrain + targets, key=lambda d: d.name):
             name = assignment[dom.name]
-            t0 = time.perf_counter()
-            codes = assign_codes(quantizers[name], dom.x, cfg.threads)
-            _write_codes(out, dom, codes, name)
-            dstats = code_stats(codes, 2**cfg.bits)
-            n_fit = int(dom.train_mask.sum()) if dom.name in fitted_on[name] else 0
-            dstats.update(
-                quantizer=name,
-                n_fit_items=n_fit,
-                n_unseen_at_fit=int(len(dom.x) - n_fit),
-                relative_reconstruction_error=reconstruction_error(quantizers[name], dom.x),
-            )
-            stats["domains"][dom.name] = dstats
-            log.info(
-                "domain %s: coded %d items with %s in %.1f s; unique codes %.4f, "
-                "collision groups %d, mean normalised entropy %.3f",
-                dom.name,
-                len(codes),
-                name,
-                time.perf_counter() - t0,
-                dstats["unique_code_share"],
-                dstats["collision_groups"],
-                dstats["mean_entropy_normalized"],
-            )
+            fitted = dom.name in fitted_on[name]
+            stats["domains"][dom.name] = _code_domain(cfg, out, dom, name, quantizers[name], fitted)
         config_doc = asdict(cfg)
         config_doc.update(
             meta,
@@ -336,35 +386,12 @@ def code_new_items(
 # ---------------------------------------------------------------------------------------
 
 
-def _domains(value: str) -> tuple[str, ...]:
-    return tuple(d.strip() for d in value.split(",") if d.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``vqrec codes``: every CodesConfig field (``--pretrain-domains`` ...)."""
     p = argparse.ArgumentParser(
         prog="vqrec codes", description="Fit OPQ quantizers (strict) and write item codes."
     )
-    p.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE or ./var/lake)")
-    p.add_argument("--version", default=None, help="output version (default: UTC timestamp)")
-    p.add_argument("--embeddings-version", default=None, help="default: CURRENT")
-    p.add_argument(
-        "--clean-version", default=None, help="default: the embeddings' clean version, or CURRENT"
-    )
-    p.add_argument("--pretrain-domains", type=_domains, default=(), help="comma-separated")
-    p.add_argument("--target-domains", type=_domains, default=(), help="comma-separated")
-    p.add_argument("--strategy", choices=STRATEGIES, default="domain")
-    p.add_argument("--code-dim", type=int, default=32)
-    p.add_argument("--bits", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--niter", type=int, default=None, help="OPQ iterations (faiss default 50)")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise before OPQ")
-    p.add_argument("--no-strict", action="store_true", help="fit on all items, not train only")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--frozen-from",
-        default=None,
-        help="codes version whose quantizers to reuse frozen (no refit) where it has them",
-    )
+    add_config_flags(p, CodesConfig, {"pretrain_domains": ()})
     return p
 
 
@@ -373,23 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        cfg = CodesConfig(
-            pretrain_domains=args.pretrain_domains,
-            target_domains=args.target_domains,
-            strategy=args.strategy,
-            lake=args.lake,
-            version=args.version,
-            embeddings_version=args.embeddings_version,
-            clean_version=args.clean_version,
-            code_dim=args.code_dim,
-            bits=args.bits,
-            seed=args.seed,
-            niter=args.niter,
-            normalize=args.normalize,
-            strict=not args.no_strict,
-            threads=args.threads,
-            frozen_from=args.frozen_from,
-        )
+        cfg = CodesConfig(**vars(args))
         result = run_codes(cfg)
     except (ValueError, LakeError, FileNotFoundError) as err:
         print(f"vqrec codes: error: {err}", file=sys.stderr)

@@ -20,8 +20,7 @@ from vqrec.core.metrics import format_metrics
 from vqrec.core.model import ModelConfig, load_model
 from vqrec.core.sequences import DomainData, merge_domains
 from vqrec.core.trainer import (
-    FINETUNE_DEFAULTS,
-    PERMUTATIONS,
+    MODES,
     TrainConfig,
     TrainResult,
     finetune,
@@ -41,6 +40,7 @@ from vqrec.lake.store import (
 )
 from vqrec.lake.tables import load_domain
 from vqrec.stages.codes import code_new_items
+from vqrec.stages.flags import add_config_flags, config_from_dict, config_kwargs
 
 
 def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
@@ -185,56 +185,48 @@ def finetune_to_lake(
 
 
 
-def _add_train_flags(parser: argparse.ArgumentParser, mode_default: str) -> None:
-    d = finetune_config() if mode_default != "pretrain" else TrainConfig()
+# TrainConfig fields every training command takes as flags (each command adds its own).
+TRAIN_FLAGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "seed",
+    "device",
+    "bucket",
+    "targets",
+    "amp",
+    "compile",
+    "progress",
+    "time_budget_min",
+)
+
+
+def _add_train_flags(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, extra: tuple[str, ...] = (), **kw
+) -> list[str]:
+    """The common flags, then ``TRAIN_FLAGS + extra`` from TrainConfig with ``defaults``' values.
+
+    Returns the TrainConfig fields declared (for :func:`_train_config`)."""
     parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
     parser.add_argument("--version", default=None, help="models version to write")
     parser.add_argument("--clean-version", default=None)
     parser.add_argument("--codes-version", default=None)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--patience", type=int, default=d.patience)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument("--no-bucket", action="store_true", help="plain random batches")
-    parser.add_argument(
-        "--targets",
-        default=d.targets,
-        choices=["last", "all"],
-        help="last: a row per prefix (published); all: a target at every position of a chain",
-    )
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (not measured)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile (not measured)")
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument(
-        "--time-budget-min", type=float, default=0.0, help="last epoch = the one crossing it"
-    )
     parser.add_argument(
         "--model-config", default="{}", help='JSON ModelConfig overrides, e.g. {"hidden": 64}'
     )
+    return add_config_flags(parser, TrainConfig, defaults, only=TRAIN_FLAGS + extra, **kw)
 
 
-def _train_config(args: argparse.Namespace, mode: str, **extra) -> TrainConfig:
-    return TrainConfig(
-        mode=mode,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        bucket=not args.no_bucket,
-        targets=args.targets,
-        amp=args.amp,
-        compile=args.compile,
-        progress=not args.no_progress,
-        time_budget_min=args.time_budget_min,
-        **extra,
-    )
+def _train_config(args: argparse.Namespace, names: list[str], **fixed) -> TrainConfig:
+    return TrainConfig(**config_kwargs(args, names), **fixed)
+
+
+def _model_config(args: argparse.Namespace, **fixed) -> ModelConfig:
+    """``--model-config`` (a JSON object of ModelConfig fields); bad keys: a ValueError."""
+    return config_from_dict(ModelConfig, json.loads(args.model_config), "--model-config", **fixed)
 
 
 # Bad input (names, versions, configs, a refused checkpoint): one line on stderr, exit 2.
@@ -249,17 +241,15 @@ def _cli_error(command: str, err: Exception) -> int:
 def main_pretrain(argv: list[str] | None = None) -> int:
     """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
     parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
-    _add_train_flags(parser, "pretrain")
+    names = _add_train_flags(parser, TrainConfig(), ("rho", "valid_rows"))
     parser.add_argument("--domains", required=True, help="comma-separated pre-training domains")
-    parser.add_argument("--rho", type=float, default=TrainConfig.rho)
-    parser.add_argument("--valid-rows", type=int, default=0, help="valid rows/domain (0: all)")
     args = parser.parse_args(argv)
     try:
         lake = lake_root(args.lake)
         domains = [validate_name(d.strip(), "domain") for d in args.domains.split(",") if d.strip()]
         version = validate_name(args.version or default_version(), "version")
-        cfg = _train_config(args, "pretrain", rho=args.rho, valid_rows=args.valid_rows)
-        model_cfg = ModelConfig(**json.loads(args.model_config))
+        cfg = _train_config(args, names, mode="pretrain")
+        model_cfg = _model_config(args)
         result = pretrain_to_lake(
             lake,
             version,
@@ -285,14 +275,14 @@ def main_pretrain(argv: list[str] | None = None) -> int:
 def main_finetune(argv: list[str] | None = None) -> int:
     """`vqrec finetune`: transfer the backbone to a domain -> models/<V>/domains/<d>/."""
     parser = argparse.ArgumentParser(prog="vqrec finetune", description=main_finetune.__doc__)
-    _add_train_flags(parser, "transfer")
+    names = _add_train_flags(
+        parser,
+        finetune_config(),  # FINETUNE_DEFAULTS over TrainConfig's
+        ("mode", "permutation", "permutation_epochs"),
+        overrides={"mode": {"choices": [m for m in MODES if m != "pretrain"]}},
+    )
     parser.add_argument("--domain", required=True)
     parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
-    parser.add_argument("--mode", default="transfer", choices=["transfer", "full", "scratch"])
-    parser.add_argument(
-        "--permutation", default=FINETUNE_DEFAULTS["permutation"], choices=PERMUTATIONS
-    )
-    parser.add_argument("--permutation-epochs", type=int, default=TrainConfig.permutation_epochs)
     parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
     parser.add_argument("--embeddings-version", default=None)
     args = parser.parse_args(argv)
@@ -300,13 +290,8 @@ def main_finetune(argv: list[str] | None = None) -> int:
         lake = lake_root(args.lake)
         domain = validate_name(args.domain, "domain")
         version = validate_name(args.version or default_version(), "version")
-        cfg = _train_config(
-            args,
-            args.mode,
-            permutation=args.permutation,
-            permutation_epochs=args.permutation_epochs,
-        )
-        model_cfg = ModelConfig(**json.loads(args.model_config), item_encoder=args.item_encoder)
+        cfg = _train_config(args, names)
+        model_cfg = _model_config(args, item_encoder=args.item_encoder)
         result = finetune_to_lake(
             lake,
             version,
