@@ -27,8 +27,8 @@ DOC = """
 
 Brings a new product domain online **without retraining the backbone**: cleans and
 encodes that domain (Spark), codes its items (strategy `shared`: the champion backbone's
-frozen pre-training quantizer; `domain`: its own strict quantizer, aligned by the learned
-permutation), fine-tunes its lookup table on the champion backbone (Transformer frozen),
+frozen pre-training quantizer; `domain`: its own strict quantizer, aligned with the pre-trained
+table by the matched assignment, no training), fine-tunes its lookup table on the champion backbone (Transformer frozen),
 evaluates it (full ranking) and registers `vqrec-<domain>` (challenger, promoted to
 champion when not worse).
 

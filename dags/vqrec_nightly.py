@@ -127,8 +127,9 @@ def vqrec_nightly():
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=3))
     def finetune(domain: str, plan: dict, backbone: dict) -> dict:
-        """Transfer the frozen backbone to one domain: learn its code permutation, then
-        fine-tune its lookup table; early-stopped on valid NDCG@10, tested on test."""
+        """Transfer the frozen backbone to one domain: align its codes with the pre-trained
+        table (matched assignment), then fine-tune its lookup table; early-stopped on valid
+        NDCG@10, tested on test."""
         return pipeline.run_finetune(plan, domain)
 
     @task(trigger_rule="all_done")
