@@ -27,10 +27,10 @@ DOC = """
 
 Brings a new product domain online **without retraining the backbone**: cleans and
 encodes that domain (Spark), codes its items (strategy `shared`: the champion backbone's
-frozen pre-training quantizer; `domain`: its own strict quantizer, aligned with the pre-trained
-table by the matched assignment, no training), fine-tunes its lookup table on the champion backbone (Transformer frozen),
-evaluates it (full ranking) and registers `vqrec-<domain>` (challenger, promoted to
-champion when not worse).
+frozen pre-training quantizer; `domain`: its own strict quantizer, aligned with the
+pre-trained table by the matched assignment, no training), fine-tunes its lookup table on
+the champion backbone (Transformer frozen), evaluates it (full ranking) and registers
+`vqrec-<domain>` (challenger, promoted to champion when not worse).
 
 Trigger it by hand with the form (domain name, raw folder, layout), or let it run when the
 asset `vqrec://raw/landed` is updated with `extra={"domain": ..., "raw_path": ...}`
