@@ -10,6 +10,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
+from vqrec.core.code_strategy import STRATEGIES
 from vqrec.orchestration import pipeline
 from vqrec.orchestration.airflow_support import (
     DEFAULT_PARAMS,
@@ -53,7 +54,7 @@ asset `vqrec://raw/landed` is updated with `extra={"domain": ..., "raw_path": ..
         "lake": Param(DEFAULT_PARAMS["lake"], type="string"),
         "code_strategy": Param(
             DEFAULT_PARAMS["code_strategy"],
-            enum=["shared", "domain"],
+            enum=list(STRATEGIES),
             description="shared: the champion's frozen quantizer; domain: its own strict one",
         ),
         "hyper": Param(DEFAULT_PARAMS["hyper"], type="object"),

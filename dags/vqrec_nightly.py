@@ -11,6 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 
+from vqrec.core.code_strategy import STRATEGIES
 from vqrec.orchestration import airflow_support, pipeline
 from vqrec.orchestration.airflow_support import (
     CLEAN_ALIAS,
@@ -67,7 +68,7 @@ their own date. GPU steps run in pool/queue `gpu`.
             type="array",
             description="Domains that get a lookup table (empty: pretrain_domains)",
         ),
-        "code_strategy": Param(DEFAULT_PARAMS["code_strategy"], enum=["shared", "domain"]),
+        "code_strategy": Param(DEFAULT_PARAMS["code_strategy"], enum=list(STRATEGIES)),
         "hyper": Param(
             DEFAULT_PARAMS["hyper"],
             type="object",

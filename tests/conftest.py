@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The trained toy world (trained_world) and the lake_store fixture, for every test module.
+pytest_plugins = ["tests.support.world"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -14,7 +14,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.support.world import DOMAIN, build_data, train_model
+from tests.support.world import DOMAIN, copy_world
 from vqrec.core.model import load_model
 from vqrec.lake.store import resolve_version
 from vqrec.mlops import registry, tracking
@@ -23,19 +23,11 @@ NAME = registry.domain_model_name(DOMAIN)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """One lake with three models: untrained (seed 0), trained 40 epochs, untrained (seed 1)."""
+def world(trained_world, tmp_path_factory):
+    """The three models of the shared world, in a lake of this module's own."""
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    lake = tmp_path_factory.mktemp("registry") / "lake"
-    lake.mkdir()
-    data = build_data(lake)
-    tests = {
-        "m0": train_model(lake, data, "m0", epochs=0, seed=0),
-        "trained": train_model(lake, data, "trained", epochs=40, seed=0),
-        "worse": train_model(lake, data, "worse", epochs=0, seed=1),
-    }
-    yield {"lake": lake, "data": data, "test": tests}
+    yield copy_world(trained_world, tmp_path_factory.mktemp("registry") / "lake")
     mp.undo()
 
 
@@ -44,22 +36,22 @@ def registered(world):
     """Register the three in order, as three nightly runs would; keep each decision."""
     lake = world["lake"]
     results = {v: registry.register_domain(lake, DOMAIN, v, pipeline_run_id=f"run-{v}")
-               for v in ("m0", "trained", "worse")}  # fmt: skip
+               for v in ("untrained", "trained", "worse")}  # fmt: skip
     return results
 
 
 def test_gate_promotes_better_and_keeps_champion_over_worse(world, registered):
     client = MlflowClient()
-    first, better, worse = registered["m0"], registered["trained"], registered["worse"]
+    first, better, worse = registered["untrained"], registered["trained"], registered["worse"]
     figures = {k: v["ndcg@10"] for k, v in world["test"].items()}
     # The trained model really is better than both untrained ones (measured, not assumed).
-    assert figures["trained"] > figures["m0"] and figures["trained"] > figures["worse"]
+    assert figures["trained"] > figures["untrained"] and figures["trained"] > figures["worse"]
 
     assert first["promotion"]["promoted"] and first["promotion"]["champion_version"] is None
     assert better["promotion"]["promoted"]
     assert better["promotion"]["champion_version"] == first["version"]
     assert better["promotion"]["challenger_value"] == pytest.approx(figures["trained"])
-    assert better["promotion"]["champion_value"] == pytest.approx(figures["m0"])
+    assert better["promotion"]["champion_value"] == pytest.approx(figures["untrained"])
 
     assert not worse["promotion"]["promoted"]
     assert worse["promotion"]["decision"] == "kept_champion"

@@ -8,23 +8,21 @@ import time
 import pandas as pd
 import pytest
 
-from tests.support.world import DOMAIN, build_data, train_model
+from tests.support.world import DOMAIN, copy_world
 from vqrec.mlops import registry, serving, tracking
 
 pytestmark = pytest.mark.slow  # ~65 s (server start ~20 s); runs in CI
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory):
+def champion(trained_world, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    lake = tmp_path_factory.mktemp("serving") / "lake"
-    lake.mkdir()
-    data = build_data(lake)
-    train_model(lake, data, "m1", epochs=30)
-    result = registry.register_domain(lake, DOMAIN, "m1", pipeline_run_id="serve-run")
+    world = copy_world(trained_world, tmp_path_factory.mktemp("serving") / "lake")
+    lake = world["lake"]
+    result = registry.register_domain(lake, DOMAIN, "trained", pipeline_run_id="serve-run")
     assert result["promotion"]["promoted"]
-    yield {"lake": lake, "data": data, "uri": tracking.tracking_uri(lake)}
+    yield {"lake": lake, "data": world["data"], "uri": tracking.tracking_uri(lake)}
     mp.undo()
 
 

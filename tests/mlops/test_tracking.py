@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.support.world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
+from tests.support.world import DOMAIN, MODELS, copy_world
 from vqrec.lake.store import resolve_version
 from vqrec.mlops import tracking
 
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.usefixtures("lake_store")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    lake = tmp_path_factory.mktemp("tracking") / "lake"
-    lake.mkdir()
-    data = build_data(lake)
-    test = train_model(lake, data, "m1", epochs=6)
-    return {"lake": lake, "data": data, "test": test}
+def world(trained_world, tmp_path_factory):
+    return copy_world(trained_world, tmp_path_factory.mktemp("tracking") / "lake")
 
 
 def test_tracking_uri_defaults_to_the_lake_and_env_overrides(lake, monkeypatch):
@@ -87,7 +83,7 @@ def test_pipeline_run_nests_stage_runs_with_metrics_plots_and_artifacts(world):
     with tracking.stage_run(lake, "nightly-1", "codes", data_versions={"codes": "v1"}) as run:
         tracking.log_codes(codes_dir)
         codes_run = run.info.run_id
-    model_dir = resolve_version(lake, "models", "m1") / "domains" / DOMAIN
+    model_dir = resolve_version(lake, "models", "trained") / "domains" / DOMAIN
     with tracking.stage_run(lake, "nightly-1", f"finetune-{DOMAIN}", domain=DOMAIN) as run:
         tests = tracking.log_model_dir(model_dir)
         report = tracking.log_quality_report(resolve_version(lake, "clean", "v1"), DOMAIN)
@@ -122,7 +118,7 @@ def test_pipeline_run_nests_stage_runs_with_metrics_plots_and_artifacts(world):
 
     # Fine-tuning: the whole config (no secrets), one metric point per epoch, test figures.
     run = client.get_run(finetune_run)
-    assert run.data.params["train.epochs"] == "6"
+    assert run.data.params["train.epochs"] == str(MODELS["trained"][0])
     assert run.data.params["model.code_dim"] == str(world["data"]["codes"].shape[1])
     assert not any("token" in k for k in run.data.params)
     assert "must-not-be-logged" not in json.dumps(run.data.params)
@@ -132,8 +128,8 @@ def test_pipeline_run_nests_stage_runs_with_metrics_plots_and_artifacts(world):
     assert [m.value for m in losses] == pytest.approx([h["loss"] for h in history])
     valid = client.get_metric_history(finetune_run, "valid_ndcg_at_10")
     assert [m.value for m in valid] == pytest.approx([h["valid"]["ndcg@10"] for h in history])
-    assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(world["test"]["ndcg@10"])
-    assert tests["test_ndcg@10"] == pytest.approx(world["test"]["ndcg@10"])
+    assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(world["test"]["trained"]["ndcg@10"])
+    assert tests["test_ndcg@10"] == pytest.approx(world["test"]["trained"]["ndcg@10"])
     _assert_png(client, finetune_run, "plots/training_curves.png")
     assert "data_quality/toyshop.json" in _artifacts(client, finetune_run)
     assert run.data.metrics[f"data.{DOMAIN}.users"] == report["users"]
@@ -143,8 +139,8 @@ def test_stage_loggers_read_committed_lake_versions(world):
     """The one-call loggers the DAG uses after each stage: codes, pretrain, finetune-<d>."""
     lake = world["lake"]
     codes_run = tracking.log_codes_run(lake, "nightly-3", "v1")
-    pretrain_run = tracking.log_training_run(lake, "nightly-3", "m1")
-    finetune_run = tracking.log_training_run(lake, "nightly-3", "m1", DOMAIN)
+    pretrain_run = tracking.log_training_run(lake, "nightly-3", "trained")
+    finetune_run = tracking.log_training_run(lake, "nightly-3", "trained", DOMAIN)
     client = MlflowClient(tracking.tracking_uri(lake))
     parent = tracking.start_pipeline_run(lake, "nightly-3")
     for run_id, stage in [(codes_run, "codes"), (pretrain_run, "pretrain"),
@@ -154,8 +150,8 @@ def test_stage_loggers_read_committed_lake_versions(world):
         assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.info.status == "FINISHED"
     tags = client.get_run(finetune_run).data.tags
-    assert tags["vqrec.data.clean"] == "v1" and tags["vqrec.data.models"] == "m1"
-    assert len(client.get_metric_history(pretrain_run, "loss")) == 6
+    assert tags["vqrec.data.clean"] == "v1" and tags["vqrec.data.models"] == "trained"
+    assert len(client.get_metric_history(pretrain_run, "loss")) == MODELS["trained"][0]
     assert "data_quality/toyshop.json" in _artifacts(client, finetune_run)
     assert f"plots/code_usage_{DOMAIN}.png" in _artifacts(client, codes_run)
 

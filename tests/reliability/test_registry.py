@@ -14,15 +14,13 @@ Against a real SQLite MLflow store and real tiny models (tests/support/world.py)
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.crash_harness import kill, run_cli, start_paused
-from tests.support.world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
+from tests.support.world import DOMAIN, copy_world, name_data_like_models
 from vqrec.mlops import registry, serving, tracking
 from vqrec.orchestration import pipeline
 from vqrec.orchestration.pipeline import RunPlan
@@ -34,24 +32,20 @@ pytestmark = pytest.mark.usefixtures("lake_store")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Two nightly versions of the lake: ``good`` (trained) and ``bad`` (untrained), each with
-    its own clean/embeddings/codes version of the same name (as the pipeline writes them)."""
-    lake = tmp_path_factory.mktemp("registry-reliability") / "lake"
-    lake.mkdir()
-    tests = {}
-    for version, epochs, seed in (("good", 40, 0), ("bad", 0, 1)):
-        data = build_data(lake, version=version)
-        tests[version] = train_model(lake, data, version, epochs=epochs, seed=seed)
-    assert tests["good"]["ndcg@10"] > tests["bad"]["ndcg@10"]  # measured, not assumed
-    return {"lake": lake, "data": data, "test": tests}
+def models(trained_world, tmp_path_factory):
+    """Two nightly versions of the shared world: ``trained`` (good) and ``worse`` (untrained),
+    each with clean/embeddings/codes versions of the same name (as the pipeline writes them)."""
+    tests = trained_world["test"]
+    assert tests["trained"]["ndcg@10"] > tests["worse"]["ndcg@10"]  # measured, not assumed
+    world = copy_world(trained_world, tmp_path_factory.mktemp("registry-reliability") / "lake")
+    name_data_like_models(world["lake"])
+    return world
 
 
 @pytest.fixture
 def lake(models, tmp_path):
     """A copy of the model lake with an empty MLflow store of its own."""
-    copy = tmp_path / "lake"
-    shutil.copytree(models["lake"], copy, ignore=shutil.ignore_patterns("mlflow"))
+    copy = copy_world(models, tmp_path / "lake")["lake"]
     tracking.setup_tracking(copy)
     return copy
 
@@ -85,9 +79,9 @@ def _champion(client: MlflowClient, name: str = NAME) -> str:
 def test_register_step_never_promotes_a_worse_challenger(models, lake):
     client = MlflowClient()
     summary = {"domains": {DOMAIN: {}}, "failed": []}
-    first = pipeline.register_run(_plan(lake, "good"), summary)
-    worse = pipeline.register_run(_plan(lake, "bad"), summary)
-    retry = pipeline.register_run(_plan(lake, "bad"), summary)  # an Airflow retry of the task
+    first = pipeline.register_run(_plan(lake, "trained"), summary)
+    worse = pipeline.register_run(_plan(lake, "worse"), summary)
+    retry = pipeline.register_run(_plan(lake, "worse"), summary)  # an Airflow retry of the task
 
     good_v = first["domains"][DOMAIN]["version"]
     assert first["domains"][DOMAIN]["promotion"]["why"] == "no champion yet"
@@ -102,8 +96,8 @@ def test_register_step_never_promotes_a_worse_challenger(models, lake):
     assert _champion(client, registry.BACKBONE_MODEL) == first["backbone"]["version"]
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2  # the retry added none
     gate = worse["domains"][DOMAIN]["promotion"]
-    assert gate["challenger_value"] == pytest.approx(models["test"]["bad"]["ndcg@10"])
-    assert gate["champion_value"] == pytest.approx(models["test"]["good"]["ndcg@10"])
+    assert gate["challenger_value"] == pytest.approx(models["test"]["worse"]["ndcg@10"])
+    assert gate["champion_value"] == pytest.approx(models["test"]["trained"]["ndcg@10"])
 
     # What a downstream consumer loads by alias is the better model, and it predicts.
     frame = _histories(models)
@@ -125,8 +119,8 @@ def test_missing_champion_is_a_clear_error_and_the_next_registration_takes_over(
     with pytest.raises(RuntimeError, match="no vqrec-backbone@champion"):
         pipeline.champion_backbone(str(lake))
 
-    good = registry.register_domain(lake, DOMAIN, "good")
-    bad = registry.register_domain(lake, DOMAIN, "bad")
+    good = registry.register_domain(lake, DOMAIN, "trained")
+    bad = registry.register_domain(lake, DOMAIN, "worse")
     assert good["promotion"]["promoted"] and not bad["promotion"]["promoted"]
     # The champion's version is deleted (by hand, by a retention job): MLflow drops the alias.
     client.delete_model_version(NAME, good["version"])
@@ -141,21 +135,21 @@ def test_missing_champion_is_a_clear_error_and_the_next_registration_takes_over(
     assert "alias champion not found" in log.read_text()
 
     # The gate treats a lost champion as none: the next registration is promoted and loads.
-    again = pipeline.register_run(_plan(lake, "good"), {"domains": {DOMAIN: {}}, "failed": []})
+    again = pipeline.register_run(_plan(lake, "trained"), {"domains": {DOMAIN: {}}, "failed": []})
     result = again["domains"][DOMAIN]
     assert not result["reused"] and result["promotion"]["why"] == "no champion yet"
     assert _champion(client) == result["version"]
     out = registry.load_champion(DOMAIN, lake).predict(_histories(models))
     assert (out["strategy"] == "model").all() and all(len(ids) == 10 for ids in out["item_ids"])
-    assert pipeline.champion_backbone(str(lake))["models"] == "good"
+    assert pipeline.champion_backbone(str(lake))["models"] == "trained"
 
 
 def test_killed_registration_leaves_the_old_champion_serving(models, lake, tmp_path):
     client = MlflowClient()
-    first = registry.register_domain(lake, DOMAIN, "bad")  # the current champion: weaker
+    first = registry.register_domain(lake, DOMAIN, "worse")  # the current champion: weaker
     frame = _histories(models)
     served_before = _predict(f"models:/{NAME}@{registry.CHAMPION}", frame)
-    argv = ["register", "--lake", str(lake), "--version", "good", "--no-backbone"]
+    argv = ["register", "--lake", str(lake), "--version", "trained", "--no-backbone"]
 
     def champion_still_serves() -> None:
         assert _champion(client) == first["version"]
@@ -178,7 +172,7 @@ def test_killed_registration_leaves_the_old_champion_serving(models, lake, tmp_p
     assert kill(paused) == -9
     champion_still_serves()
     challenger = client.get_model_version_by_alias(NAME, registry.CHALLENGER)
-    assert challenger.tags[registry.TAG_MODEL_VERSION] == "good"
+    assert challenger.tags[registry.TAG_MODEL_VERSION] == "trained"
     assert registry.TAG_DECISION not in challenger.tags
 
     # 3. The rerun finds that complete version, runs the gate, and promotes it.

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr
@@ -34,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.support.crash_harness import stage_env
-from tests.support.world import DOMAIN, build_data, lake_store, train_model  # noqa: F401 (fixture)
+from tests.support.world import DOMAIN, MODELS, copy_world
 from vqrec.cli import main as vqrec
 from vqrec.core.model import ModelConfig
 from vqrec.core.trainer import TrainConfig
@@ -50,20 +49,9 @@ SMALL = json.dumps({"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len
 pytestmark = pytest.mark.usefixtures("lake_store")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    lake = tmp_path_factory.mktemp("unsafe") / "lake"
-    lake.mkdir()
-    data = build_data(lake)
-    train_model(lake, data, "m1", epochs=5)
-    return {"lake": lake, "data": data}
-
-
 @pytest.fixture
-def lake(world, tmp_path) -> Path:
-    copy = tmp_path / "lake"
-    shutil.copytree(world["lake"], copy)
-    return copy
+def lake(trained_world, tmp_path) -> Path:
+    return copy_world(trained_world, tmp_path / "lake")["lake"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,8 +103,8 @@ def test_crafted_checkpoints_are_refused_and_never_unpickled(lake, tmp_path):
         (["pretrain", *common, "--version", "p", "--domains", DOMAIN], "p/backbone"),
         (
             # identity: this lake holds no embeddings for the matched alignment to read
-            ["finetune", *common, "--version", "f", "--domain", DOMAIN, "--backbone-version", "m1",
-             "--permutation", "identity"],
+            ["finetune", *common, "--version", "f", "--domain", DOMAIN,
+             "--backbone-version", "trained", "--permutation", "identity"],
             f"f/domain-{DOMAIN}",
         ),
     ]
@@ -134,20 +122,20 @@ def test_crafted_checkpoints_are_refused_and_never_unpickled(lake, tmp_path):
             tried += 1
     assert tried == 12
     # Nothing was trained or committed from a refused checkpoint.
-    assert sorted(p.name for p in (lake / "models").iterdir()) == ["CURRENT", "m1"]
+    assert sorted(p.name for p in (lake / "models").iterdir()) == sorted(["CURRENT", *MODELS])
 
 
 def test_crafted_weights_tables_and_quantizers_in_the_lake_are_refused(lake, tmp_path):
     marker = tmp_path / "PWNED"
     blob = pickle.dumps(payloads(marker)[0])
-    models, codes = resolve_version(lake, "models", "m1"), resolve_version(lake, "codes", "v1")
+    models, codes = resolve_version(lake, "models", "trained"), resolve_version(lake, "codes", "v1")
     small = ["--lake", str(lake), "--epochs", "1", "--no-progress", "--device", "cpu"]
-    small += ["--model-config", SMALL, "--backbone-version", "m1", "--domain", DOMAIN]
+    small += ["--model-config", SMALL, "--backbone-version", "trained", "--domain", DOMAIN]
 
     # The domain model's weights: evaluate refuses them.
     (models / "domains" / DOMAIN / "model.safetensors").write_bytes(blob)
     code, err = _cli(
-        ["evaluate", "--lake", str(lake), "--models-version", "m1", "--domain", DOMAIN]
+        ["evaluate", "--lake", str(lake), "--models-version", "trained", "--domain", DOMAIN]
     )
     assert code == 2 and "model.safetensors is not a valid safetensors file" in err, err
 
@@ -172,7 +160,7 @@ def test_crafted_weights_tables_and_quantizers_in_the_lake_are_refused(lake, tmp
 def test_crafted_artifacts_of_the_registered_champion_are_refused(lake, tmp_path):
     marker = tmp_path / "PWNED"
     blob = pickle.dumps(payloads(marker)[2])
-    assert registry.register_domain(lake, DOMAIN, "m1")["promotion"]["promoted"]
+    assert registry.register_domain(lake, DOMAIN, "trained")["promotion"]["promoted"]
     (stored,) = (lake / "mlflow" / "artifacts").glob("*/models/*/artifacts/artifacts")
     for name, message in (
         ("model.safetensors", "is not a valid safetensors file"),
@@ -267,7 +255,7 @@ def test_names_from_dag_params_and_plans_cannot_escape_the_lake(lake, tmp_path):
                 lake, bad, [DOMAIN], TrainConfig(epochs=1, progress=False), ModelConfig()
             )
         with pytest.raises(ValueError, match="invalid"):
-            registry.register_domain(lake, bad, "m1")
+            registry.register_domain(lake, bad, "trained")
     assert _tree(tmp_path) == before
 
 

@@ -208,8 +208,9 @@ def test_bad_hyper_keys_are_one_line_errors(tmp_path) -> None:
         pipeline._code_stage(_plan(tmp_path, {"codes": {"lake": "/x"}}), ["a"], [])
 
 
-def test_encode_takes_comma_separated_domains_and_still_space_separated(monkeypatch) -> None:
+def test_encode_and_clean_take_domains_comma_separated_only(monkeypatch, capsys) -> None:
     encode = pytest.importorskip("vqrec.spark.encode")
+    clean = pytest.importorskip("vqrec.spark.clean")
     seen: list = []
 
     class Stop(Exception):
@@ -220,7 +221,14 @@ def test_encode_takes_comma_separated_domains_and_still_space_separated(monkeypa
         raise Stop
 
     monkeypatch.setattr(encode, "EncodeConfig", fake_config)
-    for argv in (["--domains", "A,B"], ["--domains", "A", "B"], ["--domains", "A, B", "C"], []):
+    monkeypatch.setattr(clean, "CleanConfig", fake_config)
+    for argv in (["--domains", "A,B"], ["--domains", " A, B,"], []):
         with pytest.raises(Stop):
             encode.main(argv)
-    assert seen == [["A", "B"], ["A", "B"], ["A", "B", "C"], None]
+        with pytest.raises(Stop):
+            clean.main(["--raw", "r", *argv])
+    assert seen == [["A", "B"]] * 4 + [None] * 2
+    # One form: a space-separated second name is refused, not half-read.
+    with pytest.raises(SystemExit) as exit_info:
+        encode.main(["--domains", "A", "B"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: B" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from vqrec.core.losses import full_softmax_loss
 from vqrec.core.metrics import metrics_from_ranks, ranks_from_scores
 from vqrec.core.model import ModelConfig, VQRec, save_model
 from vqrec.core.quantizer import assign_codes, code_stats, fit_quantizer, save_quantizer
-from vqrec.lake.store import staged_version
+from vqrec.lake.store import SUCCESS, read_success, resolve_version, staged_version
 
 DOMAIN = "toyshop"
 PRODUCTS = ["kettle", "notebook", "headphones", "sneakers", "backpack", "lamp",
@@ -189,13 +190,54 @@ def train_model(
             "embeddings": data["version"],
         },  # fmt: skip
     }
+    # As the trainer records them (vqrec.lake.models): the backbone one source per domain.
+    backbone = info | {"data": {DOMAIN: info["data"]}}
     with staged_version(lake, "models", version, metadata={}) as out:
-        for folder in (out / "backbone", out / "domains" / DOMAIN):
+        for folder, config in ((out / "backbone", backbone), (out / "domains" / DOMAIN, info)):
             folder.mkdir(parents=True)
             save_model(model, folder / "model.safetensors")
-            (folder / "config.json").write_text(json.dumps(info))
+            (folder / "config.json").write_text(json.dumps(config))
             (folder / "metrics.json").write_text(json.dumps(metrics))
     return metrics["test"]
+
+
+# The models of the shared world: name -> (epochs, seed). "trained" is clearly better than
+# both untrained ones (the tests check it on the measured figures, never assume it).
+MODELS = {"untrained": (0, 0), "trained": (40, 0), "worse": (0, 1)}
+
+
+def build_world(lake: Path) -> dict:
+    """The toy domain's data (version ``v1``) and the three :data:`MODELS`, committed."""
+    data = build_data(lake)
+    tests = {name: train_model(lake, data, name, epochs, seed)
+             for name, (epochs, seed) in MODELS.items()}  # fmt: skip
+    return {"lake": lake, "data": data, "test": tests}
+
+
+def copy_world(world: dict, dest: Path) -> dict:
+    """A private copy of the shared world's lake (with no MLflow store) for a test to change."""
+    shutil.copytree(world["lake"], dest, ignore=shutil.ignore_patterns("mlflow"))
+    return world | {"lake": dest}
+
+
+def name_data_like_models(lake: Path, source: str = "v1") -> None:
+    """Commit the data versions again under each model's name, as a nightly names every
+    stage of its run alike (clean/<v>, embeddings/<v>, codes/<v>, models/<v>)."""
+    for version in MODELS:
+        for stage in ("clean", "embeddings", "codes"):
+            src = resolve_version(lake, stage, source)
+            meta = {k: v for k, v in read_success(src).items() if k not in ("stage", "version")}
+            skip = shutil.ignore_patterns(SUCCESS)
+            with staged_version(lake, stage, version, metadata=meta) as out:
+                shutil.copytree(src, out, dirs_exist_ok=True, ignore=skip)
+
+
+@pytest.fixture(scope="session")
+def trained_world(tmp_path_factory) -> dict:
+    """One lake for every test that needs trained models; never written: copy it first."""
+    lake = tmp_path_factory.mktemp("world") / "lake"
+    lake.mkdir()
+    return build_world(lake)
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vqrec.stages.flags import comma_list
+
 # Latent topics: name -> (words that appear in titles, brands). Shared by all domains.
 TOPICS: dict[str, tuple[list[str], list[str]]] = {
     "vintage": (["Retro", "Classic", "Antique", "Heritage", "Timeless"], ["Olde Mill", "Vantage"]),
@@ -317,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write the domains into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=4000, help="users in all domains together")
-    parser.add_argument("--domains", nargs="+", choices=sorted(DOMAINS), help="default: all")
+    parser.add_argument(
+        "--domains",
+        type=comma_list,
+        default=(),
+        help=f"comma-separated, of {','.join(sorted(DOMAINS))} (default: all)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

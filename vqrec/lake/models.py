@@ -21,6 +21,23 @@ import torch
 from vqrec.core.model import VQRec, load_model, save_lookup_table, save_model
 from vqrec.core.trainer import TrainResult
 
+DATA_STAGES = ("clean", "codes", "embeddings")
+
+
+def data_versions(model_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The clean/codes/embeddings versions a model folder was trained on.
+
+    The one reader of what the trainer records in ``config.json`` under ``"data"``: a
+    domain's source (``{"clean": v, "codes": v, ...}``), or for ``backbone/`` one source per
+    pre-training domain, all loaded from the same versions (the first is taken). A stage the
+    model did not read (e.g. embeddings for a VQ model) is absent.
+    """
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    data = config["data"]
+    if Path(model_dir).name == "backbone":
+        data = next(iter(data.values()))
+    return {stage: data[stage] for stage in DATA_STAGES if data.get(stage)}
+
 
 def _write_json(path: Path, doc: Any) -> None:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")

@@ -128,25 +128,6 @@ def _encoder_info(lake: str | os.PathLike[str] | None, embeddings_version: str |
     }
 
 
-def _data_versions(model_dir: Path) -> dict[str, str]:
-    """The clean/codes/embeddings versions a model was trained on, as recorded by the trainer."""
-    found: dict[str, str] = {}
-    for source in (model_dir / "config.json", model_dir / "metrics.json"):
-        if source.exists():
-            doc = json.loads(source.read_text())
-            data = doc.get("data") or {}
-            # The backbone records one source per pre-training domain: take the first.
-            nested = [v for v in data.values() if isinstance(v, dict)][:1]
-            for holder in (doc, doc.get("source") or {}, data, *nested):
-                if not isinstance(holder, dict):
-                    continue
-                for stage in ("clean", "codes", "embeddings"):
-                    value = holder.get(f"{stage}_version") or holder.get(stage)
-                    if isinstance(value, str) and stage not in found:
-                        found[stage] = value
-    return found
-
-
 def build_domain_bundle(
     lake: str | os.PathLike[str] | None,
     domain: str,
@@ -169,7 +150,9 @@ def build_domain_bundle(
     model_dir = models_dir / "domains" / domain
     if not (model_dir / "model.safetensors").exists():
         raise LakeError(f"{model_dir} holds no model.safetensors: was {domain!r} fine-tuned?")
-    recorded = _data_versions(model_dir)
+    from vqrec.lake.models import data_versions  # imports torch: only when a bundle is built
+
+    recorded = data_versions(model_dir)
     clean_dir = resolve_version(lake, "clean", clean_version or recorded.get("clean"))
     codes_dir = resolve_version(lake, "codes", codes_version or recorded.get("codes"))
     out = Path(out_dir)
@@ -238,7 +221,9 @@ def build_backbone_bundle(
     model_dir = models_dir / "backbone"
     if not (model_dir / "model.safetensors").exists():
         raise LakeError(f"{model_dir} holds no model.safetensors: was the backbone pre-trained?")
-    recorded = _data_versions(model_dir)
+    from vqrec.lake.models import data_versions  # imports torch: only when a bundle is built
+
+    recorded = data_versions(model_dir)
     codes_dir = resolve_version(lake, "codes", codes_version or recorded.get("codes"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

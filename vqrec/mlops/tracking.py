@@ -507,18 +507,14 @@ def log_training_run(
     training-curve plot and, for a domain, the quality report of the clean data it used.
     Returns the MLflow run id.
     """
+    from vqrec.lake.models import data_versions  # imports torch: only when a run is logged
     from vqrec.lake.store import LakeError, resolve_version
 
     models_dir = resolve_version(lake, "models", models_version)
     model_dir = models_dir / ("backbone" if domain is None else f"domains/{validate_name(domain)}")
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: no config.json (was this stage trained?)")
-    config = _read_json(model_dir / "config.json")
-    data = config.get("data") or {}
-    if domain is None:  # the backbone records one source per pre-training domain
-        data = next((v for v in data.values() if isinstance(v, Mapping)), {})
-    versions = {"models": models_dir.name}
-    versions.update({k: v for k, v in data.items() if k in ("clean", "codes", "embeddings") and v})
+    versions = {"models": models_dir.name} | data_versions(model_dir)
     stage = "pretrain" if domain is None else f"finetune-{domain}"
     with stage_run(
         lake, pipeline_run_id, stage, domain=domain, data_versions=versions, experiment=experiment

@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
+
 REPO = Path(__file__).resolve().parents[2]
 JOBS_DIR = REPO / "jobs"
 
@@ -58,7 +60,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "domains": _list_env("VQREC_DOMAINS", []),
     "pretrain_domains": _list_env("VQREC_PRETRAIN_DOMAINS", []),
     "target_domains": _list_env("VQREC_TARGET_DOMAINS", []),
-    "code_strategy": os.environ.get("VQREC_CODE_STRATEGY", "domain"),
+    "code_strategy": check_strategy(os.environ.get("VQREC_CODE_STRATEGY", DEFAULT_STRATEGY)),
     "hyper": _default_hyper(),
 }
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
 from vqrec.lake.store import (
     lake_root,
     read_success,
@@ -27,12 +28,6 @@ from vqrec.lake.store import (
 )
 
 log = logging.getLogger(__name__)
-
-# Target domains get their own strict quantizer by default: on real data (pre-train Games +
-# Beauty, transfer to Scientific) it beat the shared pre-training quantizer on every metric
-# (test NDCG@10 0.0621 vs 0.0579). "shared" skips the fit (cheapest backfill) and is what
-# domains too small for their own OPQ (n <= 384 training items) must use.
-DEFAULT_CODE_STRATEGY = "domain"
 
 # A raw root may hold dated snapshots: <raw_root>/dt=YYYY-MM-DD/<Domain>/...
 _SNAPSHOT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -48,7 +43,7 @@ class RunPlan:
     domains: list[str]
     pretrain_domains: list[str]
     target_domains: list[str]
-    code_strategy: str = DEFAULT_CODE_STRATEGY
+    code_strategy: str = DEFAULT_STRATEGY
     logical_date: str | None = None
     run_id: str = ""
     hyper: dict[str, Any] = field(default_factory=dict)
@@ -114,9 +109,7 @@ def plan_run(params: dict[str, Any], logical_date: str | None = None, run_id: st
     outside = sorted((set(pretrain) | set(targets)) - set(domains))
     if outside:
         raise ValueError(f"pretrain/target domains {outside} are not among the cleaned {domains}")
-    strategy = params.get("code_strategy", DEFAULT_CODE_STRATEGY)
-    if strategy not in {"shared", "domain"}:
-        raise ValueError(f"code_strategy must be 'shared' or 'domain', not {strategy!r}")
+    strategy = check_strategy(params.get("code_strategy", DEFAULT_STRATEGY))
     return RunPlan(
         lake=str(lake_root(params.get("lake"))),
         raw_root=str(raw),
@@ -395,9 +388,7 @@ def plan_new_domain(
     layout = params.get("layout", "auto")
     if layout not in {"auto", "amazon", "generic"}:
         raise ValueError(f"layout must be auto, amazon or generic, not {layout!r}")
-    strategy = params.get("code_strategy", DEFAULT_CODE_STRATEGY)
-    if strategy not in {"shared", "domain"}:
-        raise ValueError(f"code_strategy must be 'shared' or 'domain', not {strategy!r}")
+    strategy = check_strategy(params.get("code_strategy", DEFAULT_STRATEGY))
     lake = str(lake_root(params.get("lake")))
     champion = champion_backbone(lake)
     version = validate_name(f"{domain}-{version_for(logical_date, run_id)}"[:128], "version")

@@ -57,6 +57,7 @@ from vqrec.spark.readers import (
     read_items,
 )
 from vqrec.spark.text import DEFAULT_MAX_CHARS, build_text
+from vqrec.stages.flags import comma_list
 
 MIN_TS = 631152000  # 1990-01-01 UTC: older "events" are broken clocks, not reviews
 DAY = 86400
@@ -590,7 +591,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     src.add_argument("--raw-root", metavar="ROOT", help="every sub-folder is a domain")
     p.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE or var/lake)")
     p.add_argument("--version", default=None, help="version name (default: UTC timestamp)")
-    p.add_argument("--domains", default=None, help="comma-separated domain names to keep")
+    p.add_argument(
+        "--domains", type=comma_list, default=(), help="comma-separated domain names to keep"
+    )
     p.add_argument("--layout", default="auto", choices=["auto", "amazon", "generic"])
     p.add_argument("--user-k", type=int, default=5)
     p.add_argument("--item-k", type=int, default=5)
@@ -612,7 +615,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
         raw=raw,
         lake=args.lake,
         version=args.version,
-        domains=[d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None,
+        domains=list(args.domains) or None,
         layout=args.layout,
         user_k=args.user_k,
         item_k=args.item_k,

@@ -56,6 +56,7 @@ from vqrec.lake.store import (
     validate_name,
 )
 from vqrec.spark.common import canonical_parquet
+from vqrec.stages.flags import comma_list
 
 log = logging.getLogger("vqrec.encode")
 
@@ -430,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean-version", help="clean version to read (default: CURRENT)")
     parser.add_argument(
         "--domains",
-        nargs="+",
-        type=lambda value: [d.strip() for d in value.split(",") if d.strip()],
-        help="comma-separated domains to encode (space-separated also works; default: all)",
+        type=comma_list,
+        default=(),
+        help="comma-separated domains to encode (default: all)",
     )
     parser.add_argument("--model", help="sentence-transformers folder or name (default MiniLM)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         lake=args.lake,
         version=args.version,
         clean_version=args.clean_version,
-        domains=[d for group in args.domains for d in group] if args.domains else None,
+        domains=list(args.domains) or None,
         model=args.model,
         batch_size=args.batch_size,
         partitions=args.partitions,

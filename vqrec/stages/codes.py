@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vqrec.core.code_strategy import DEFAULT_STRATEGY, STRATEGIES, check_strategy
 from vqrec.core.quantizer import (
     assign_codes,
     code_stats,
@@ -57,7 +58,6 @@ from vqrec.stages.flags import add_config_flags
 log = logging.getLogger("vqrec.quantize")
 
 PRETRAIN = "pretrain"  # name of the quantizer fitted jointly on the pre-training domains
-STRATEGIES = ("domain", "shared")
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ class CodesConfig:
     pretrain_domains: tuple[str, ...] = field(metadata={"help": "comma-separated"})
     target_domains: tuple[str, ...] = field(default=(), metadata={"help": "comma-separated"})
     strategy: str = field(
-        default="domain",
+        default=DEFAULT_STRATEGY,
         metadata={
             "help": "target domains: own strict quantizer, or the shared one",
             "choices": STRATEGIES,
@@ -126,8 +126,7 @@ class CodesConfig:
         both = sorted(set(pre) & set(tgt))
         if both:
             raise ValueError(f"domain(s) {both} are both pre-training and target domains")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        check_strategy(self.strategy, "strategy")
         if self.strategy == "domain" and PRETRAIN in tgt:
             raise ValueError(f"a target domain may not be named {PRETRAIN!r} (quantizer name)")
         if self.strategy == "shared" and tgt and not pre and not self.frozen_from:

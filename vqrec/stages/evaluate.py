@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from vqrec.core.metrics import EvalConfig, evaluate, format_metrics
 from vqrec.core.trainer import pick_device
-from vqrec.lake.models import load_domain_model
+from vqrec.lake.models import data_versions, load_domain_model
 from vqrec.lake.store import LakeError, atomic_path, lake_root, resolve_version, validate_name
 from vqrec.lake.tables import load_domain
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # e.g. a file that is not safetensors
         print(f"vqrec evaluate: error: {err}", file=sys.stderr)
         return 2
-    clean_version = args.clean_version or info.get("data", {}).get("clean")
+    clean_version = args.clean_version or data_versions(path)["clean"]
     data = load_domain(lake_root(args.lake), domain, clean_version, need_codes=False)
     if data.n_items != model.config.n_items - 1:
         print(
