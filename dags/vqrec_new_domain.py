@@ -81,10 +81,14 @@ def vqrec_new_domain():
             plan_xcom("lake"),
             "--version",
             plan_xcom("version"),
+            "--no-move-current",
         ],
-        "Spark: clean the new domain only (jobs/clean.py).",
+        "Spark: clean the new domain only (jobs/clean.py); CURRENT stays on the nightly's.",
     )
-    encode = encode_job("Spark: encode the new domain's item text, reusing the embedding cache.")
+    encode = encode_job(
+        "Spark: encode the new domain's item text, reusing the embedding cache.",
+        ("--no-move-current",),
+    )
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
     def codes(plan: dict) -> dict:

@@ -198,6 +198,16 @@ def test_cli_smoke_pretrain_transfer_evaluate_beats_popularity(lake: Path, capsy
     assert info["data"]["codes"] == "v1" and info["model"]["code_dim"] == D
     saved = info["metrics"]
     assert saved["test"] == pytest.approx(metrics)  # evaluate reproduces the saved test
+
+    # A scratch run with no --version makes a models version without a backbone: it must not
+    # become CURRENT, or the next plain transfer finds no backbone to read.
+    one = ["--domain", "Gamma", "--epochs", "1", "--permutation", "identity"]
+    assert main(["finetune", *common, *one, "--mode", "scratch"]) == 0
+    assert resolve_version(lake, "models").name == "m1"
+    assert main(["finetune", *common, *one, "--version", "m2"]) == 0  # backbone: CURRENT
+    assert load_domain_model(resolve_version(lake, "models", "m2") / "domains" / "Gamma")[1][
+        "backbone_version"
+    ] == "m1"
     assert [h["phase"] for h in saved["history"]][:2] == ["permutation", "permutation"]
     assert not (lake / "checkpoints" / "m1").exists() or not any(
         (lake / "checkpoints" / "m1").iterdir()

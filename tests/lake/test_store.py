@@ -39,8 +39,19 @@ def test_failed_stage_leaves_previous_version_current(lake):
     assert resolve_version(lake, "clean").name == "v1"
     assert not (lake / "clean" / "v2").exists()
     assert not list((lake / "clean").glob(".tmp-*"))
-    with pytest.raises(LakeError, match="not a committed version"):
+    with pytest.raises(LakeError, match=r"no version 'v2' of stage 'clean' .* \(have: v1\)"):
         resolve_version(lake, "clean", "v2")
+
+
+def test_a_partial_version_commits_without_moving_current(lake):
+    with staged_version(lake, "clean", "nightly") as out:
+        (out / "data.txt").write_text("all domains")
+    with staged_version(lake, "clean", "Toys-backfill", move_current=False) as out:
+        (out / "data.txt").write_text("one domain")
+    assert resolve_version(lake, "clean").name == "nightly"
+    assert (resolve_version(lake, "clean", "Toys-backfill") / "data.txt").read_text() == (
+        "one domain"
+    )
 
 
 def test_rerun_replaces_a_version_whole(lake):

@@ -211,6 +211,8 @@ def test_new_domain_registers_without_touching_the_backbone(nightly_world):
     lake, env, base, raw = (nightly_world[k] for k in ("lake", "env", "base", "raw"))
     client = _client(lake)
     backbone_before = client.get_model_version_by_alias("vqrec-backbone", "champion")
+    stages = ("clean", "embeddings", "codes", "models")
+    current_before = {s: (lake / s / "CURRENT").read_text() for s in stages}
     conf = {"domain": "Toys", "raw_path": str(raw / "Toys"), "lake": str(lake)}
     conf = json.dumps({**conf, "code_strategy": "shared"})
     _run(
@@ -224,3 +226,8 @@ def test_new_domain_registers_without_touching_the_backbone(nightly_world):
     backbone_after = client.get_model_version_by_alias("vqrec-backbone", "champion")
     assert str(backbone_after.version) == str(backbone_before.version)
     assert len(client.search_model_versions("name = 'vqrec-backbone'")) == 1
+    # The backfill's one-domain versions leave CURRENT on the nightly's complete picture, so
+    # plain commands on the other domains keep working.
+    assert {s: (lake / s / "CURRENT").read_text() for s in stages} == current_before
+    evaluate = [str(VENV_BIN / "vqrec"), "evaluate", "--lake", str(lake), "--domain", "Arts"]
+    _run(evaluate, env, base / "evaluate.log")

@@ -86,7 +86,7 @@ def assert_untouched(
     folder = lake / stage / version
     assert file_bytes(folder) == before
     assert resolve_version(lake, stage) == folder
-    with pytest.raises(LakeError, match="not a committed version"):
+    with pytest.raises(LakeError, match=f"no version '{killed}' of stage '{stage}'"):
         resolve_version(lake, stage, killed)
     assert sorted(p.name for p in (lake / stage).iterdir() if not p.name.startswith(".")) == [
         CURRENT,

@@ -146,18 +146,23 @@ def staged_version(
     stage: str,
     version: str | None = None,
     metadata: dict[str, Any] | None = None,
+    move_current: bool = True,
 ) -> Iterator[Path]:
     """Yield a temp folder to write a stage's output into; commit it on success.
 
     ``metadata`` (a dict the body may still mutate) is written into ``_SUCCESS``.
     Re-running with an existing version replaces that version as a whole.
+    ``CURRENT`` means the latest complete picture of the stage, what a command reads when
+    given no version; a version that holds only part of it (a one-domain backfill, a
+    models version without a backbone) commits with ``move_current=False``.
     """
     stage_dir = lake_root(lake) / validate_name(stage, "stage")
     version = validate_name(version or default_version(), "version")
     fields = {"stage": stage, "version": version}
     with _staged_folder(stage_dir, version, metadata, fields) as tmp:
         yield tmp
-    _write_atomic(stage_dir / CURRENT, version + "\n")
+    if move_current:
+        _write_atomic(stage_dir / CURRENT, version + "\n")
 
 
 @contextlib.contextmanager
@@ -204,6 +209,10 @@ def resolve_version(
             raise LakeError(f"no committed version of stage {stage!r} under {root}")
         version = pointer.read_text().strip()
     path = stage_dir / validate_name(version, "version")
+    if not path.is_dir():
+        have = sorted(p.parent.name for p in stage_dir.glob(f"*/{SUCCESS}"))
+        listed = ", ".join(have[-5:]) or "none"  # the last five by name
+        raise LakeError(f"no version {version!r} of stage {stage!r} under {root} (have: {listed})")
     if not (path / SUCCESS).exists():
         raise LakeError(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
     return path

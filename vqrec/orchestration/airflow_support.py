@@ -100,12 +100,11 @@ def spark_job(task_id: str, script: str, args: list[str], doc_md: str):
     )
 
 
-def encode_job(doc_md: str):
+def encode_job(doc_md: str, extra_args: tuple[str, ...] = ()):
     """The encode stage of a run: the run's clean version -> the run's embeddings version."""
     args = ["--lake", plan_xcom("lake"), "--version", plan_xcom("version")]
-    return spark_job(
-        "encode", "encode.py", [*args, "--clean-version", plan_xcom("version")], doc_md
-    )
+    args += ["--clean-version", plan_xcom("version"), *extra_args]
+    return spark_job("encode", "encode.py", args, doc_md)
 
 
 def publish_clean_assets(plan: dict[str, Any], outlet_events: Any = None) -> list[str]:

@@ -51,6 +51,9 @@ class RunPlan:
     # New-domain runs: the champion's models and codes versions they build on (no retrain).
     backbone_version: str | None = None
     frozen_codes_version: str | None = None
+    # A one-domain backfill commits its versions without moving CURRENT: CURRENT stays the
+    # latest complete picture (the nightly's), which plain CLI commands read.
+    move_current: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +187,7 @@ def _code_stage(
         embeddings_version=p.version,
         clean_version=p.version,
         frozen_from=frozen_from,
+        move_current=p.move_current,
     )
     with tracking.stage_run(
         p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
@@ -273,6 +277,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
             clean_version=p.version,
             codes_version=p.version,
             resume=True,
+            move_current=p.move_current,
         )
         out = resolve_part(p.lake, "models", p.version, f"domains/{domain}")
         test = tracking.log_model_dir(out)
@@ -406,6 +411,7 @@ def plan_new_domain(
         layout=layout,
         backbone_version=champion["models"],
         frozen_codes_version=champion["codes"],
+        move_current=False,
     )
 
 

@@ -84,6 +84,7 @@ class CleanConfig:
     min_rating: float = 0.0
     max_rating: float = 5.0
     driver_rows: int = 5_000_000  # finish the k-core on the driver below this many events
+    move_current: bool = True  # False: a one-domain backfill, CURRENT stays where it is
 
     def validate(self) -> None:
         """Raise ValueError on settings that cannot give the published split."""
@@ -398,7 +399,9 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
     # Everything runs inside the staged version: a failure anywhere (a corrupt gzip that Spark
     # only notices while reading) removes the temp folder and leaves CURRENT untouched.
     try:
-        with staged_version(config.lake, "clean", config.version, metadata) as out:
+        with staged_version(
+            config.lake, "clean", config.version, metadata, config.move_current
+        ) as out:
             raw_items = _union([read_items(spark, f) for f in files.values()])
             items = keep(check_items(raw_items, config))
             raw_events = _union([read_events(spark, f, checks) for f in files.values()])
@@ -603,6 +606,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     p.add_argument("--column-map", type=_column_map, default={}, help="user_id=reviewerID,...")
     p.add_argument("--max-ts", type=int, default=None, help="latest valid unix ts (default now+1d)")
     p.add_argument("--master", default=None, help="Spark master (default local[2])")
+    p.add_argument("--no-move-current", dest="move_current", action="store_false",
+                   help="commit without moving CURRENT (a one-domain backfill)")  # fmt: skip
     args = p.parse_args(argv)
     if args.raw_root:
         root = Path(args.raw_root)
@@ -621,6 +626,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
         item_k=args.item_k,
         max_history=args.max_history,
         max_text_chars=args.max_text_chars,
+        move_current=args.move_current,
         collapse_whitespace=args.collapse_whitespace,
         column_map=args.column_map,
         max_ts=args.max_ts,

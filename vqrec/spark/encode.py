@@ -82,6 +82,7 @@ class EncodeConfig:
     batch_size: int = DEFAULT_BATCH_SIZE  # texts per forward pass inside a worker
     partitions: int | None = None  # encode tasks; None -> 2 x Spark's default parallelism
     extra: dict[str, Any] = field(default_factory=dict)  # stored as-is in _SUCCESS
+    move_current: bool = True  # False: a one-domain backfill, CURRENT stays where it is
 
 
 def _encode_partition(
@@ -360,7 +361,7 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
         "config": {k: v for k, v in asdict(config).items() if k != "extra"},
         **config.extra,
     }
-    with staged_version(root, "embeddings", version, metadata=summary) as out:
+    with staged_version(root, "embeddings", version, summary, config.move_current) as out:
         _write_embeddings(spark, out, items, cached, key, per_domain)
         summary["seconds"] = round(time.perf_counter() - started, 3)
     items.unpersist()
@@ -439,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--partitions", type=int, help="encode tasks (default 2 x cores)")
     parser.add_argument("--master", help="Spark master (default $VQREC_SPARK_MASTER/local[2])")
+    parser.add_argument("--no-move-current", dest="move_current", action="store_false",
+                        help="commit without moving CURRENT (a one-domain backfill)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -452,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         batch_size=args.batch_size,
         partitions=args.partitions,
+        move_current=args.move_current,
     )
     try:
         for name in filter(None, [config.version, config.clean_version]):

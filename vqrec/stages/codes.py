@@ -102,6 +102,10 @@ class CodesConfig:
         metadata={"help": "fit on training items only (--no-strict: on every item)"},
     )
     threads: int = 1
+    move_current: bool = field(
+        default=True,
+        metadata={"help": "move CURRENT here (--no-move-current: a one-domain backfill)"},
+    )
     # An earlier codes version whose quantizers are frozen: every quantizer this run needs
     # ("pretrain", or a target domain's own) that it holds is reused as is, no refit; only
     # the missing ones are fitted (new-domain backfill on the champion's quantizer).
@@ -320,7 +324,7 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
         "clean_version": clean_dir.name if clean_dir else None,
     }
     stats: dict[str, Any] = {"domains": {}, "quantizers": {}}
-    with staged_version(cfg.lake, "codes", version, metadata=meta) as out:
+    with staged_version(cfg.lake, "codes", version, meta, cfg.move_current) as out:
         for name in sorted(quantizers):
             save_quantizer(quantizers[name], out / "quantizers" / f"{name}.faiss")
             # Timings go to _SUCCESS, not here: same inputs, same stats.json.

@@ -133,6 +133,7 @@ def finetune_to_lake(
     codes_version: str | None = None,
     embeddings_version: str | None = None,
     resume: bool = False,
+    move_current: bool = True,
 ) -> TrainResult:
     """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
 
@@ -140,7 +141,9 @@ def finetune_to_lake(
     None; unused in ``scratch`` mode). A version that does not exist yet is created holding a
     copy of that backbone; the domain is then committed as its own part
     (vqrec.lake.store.staged_part), so parallel fine-tunes of one version never overwrite
-    each other.
+    each other. A new version moves ``models/CURRENT`` only when it holds a backbone (and
+    ``move_current``): CURRENT is what the next plain transfer reads its backbone from, so a
+    scratch run never points it at a version without one.
     """
     lake = lake_root(lake)
     domain = validate_name(domain, "domain")
@@ -171,8 +174,10 @@ def finetune_to_lake(
         "backbone_version": backbone_dir.name if backbone_dir else None,
     }
     if not (lake / "models" / version / "_SUCCESS").exists():
-        with staged_version(lake, "models", version, metadata={"part": part}) as out:
-            if backbone_dir is not None:
+        has_backbone = backbone_dir is not None
+        meta = {"part": part}
+        with staged_version(lake, "models", version, meta, move_current and has_backbone) as out:
+            if has_backbone:
                 _copy_into(out, backbone_dir, ["backbone"])
     with staged_part(lake, "models", version, f"domains/{domain}") as out:
         write_domain_part(out, domain, result, info)
