@@ -18,6 +18,7 @@ from tests.support.world import DOMAIN, copy_world
 from vqrec.core.model import load_model
 from vqrec.lake.store import resolve_version
 from vqrec.mlops import registry, tracking
+from vqrec.mlops.pyfunc import MAX_K, BadRequest
 
 NAME = registry.domain_model_name(DOMAIN)
 
@@ -133,7 +134,7 @@ def test_new_items_are_coded_by_the_frozen_quantizer_and_recommendable(world, re
     ]
     history = [item_ids[2], item_ids[3]]
     out = model.predict(
-        pd.DataFrame({"history": [history], "k": [n + 2], "new_items": [json.dumps(new)]})
+        pd.DataFrame({"history": [history], "k": [n + 2], "new_items": [new]})
     )
     ranked = dict(zip(out.loc[0, "item_ids"], out.loc[0, "scores"], strict=True))
     assert len(ranked) == n + 2 and {"NEW-COPY", "NEW-FRESH"} <= set(ranked)
@@ -163,15 +164,36 @@ def test_exclude_seen_drops_history_items(world, registered):
 
 
 def test_bad_input_gets_a_clear_error(world, registered):
+    """Every refusal is a BadRequest (HTTP 400 when served) naming the row and the field."""
     model = registry.load_champion(DOMAIN, world["lake"])
-    with pytest.raises((MlflowException, ValueError), match="history"):
-        model.predict(pd.DataFrame({"k": [3]}))
-    with pytest.raises((MlflowException, ValueError), match="row 0: new_items is not valid JSON"):
-        model.predict(pd.DataFrame({"history": [["x"]], "k": [3], "new_items": ["[{oops"]}))
-    with pytest.raises((MlflowException, ValueError), match="needs 'item_id' and 'text'"):
-        model.predict(pd.DataFrame({"history": [["x"]], "new_items": ['[{"item_id": "a"}]']}))
-    with pytest.raises((MlflowException, ValueError), match="k must be >= 1"):
-        model.predict(pd.DataFrame({"history": [["x"]], "k": [0]}))
+    known = world["data"]["item_ids"][0]
+    ok = {"history": [known], "k": 3}
+    refused = [
+        ({"k": [3]}, "history"),
+        ({**ok, "k": 0}, "row 0: k must be between 1 and 1000, got 0"),
+        ({**ok, "k": MAX_K + 1}, f"row 0: k must be between 1 and 1000, got {MAX_K + 1}"),
+        ({**ok, "new_items": [{"item_id": "a"}]}, r"Missing required properties: \{'text'\}"),
+        ({**ok, "new_items": [{"item_id": "N", "text": " "}]}, "new_items\\[0\\] .* empty text"),
+        ({**ok, "new_items": [{"item_id": known, "text": "t"}]}, "already in the catalogue"),
+        ({**ok, "new_items": [{"item_id": "N", "text": "t"}] * 2}, "'N' is repeated"),
+    ]
+    for row, message in refused:
+        frame = pd.DataFrame([row]) if "history" in row else pd.DataFrame(row)
+        with pytest.raises(MlflowException, match=message):
+            model.predict(frame)
+    # One bad row refuses the whole request (all or nothing), naming that row.
+    frame = pd.DataFrame({"history": [[known], [known]], "k": [3, 0]})
+    with pytest.raises(MlflowException, match="row 1: k must be between"):
+        model.predict(frame)
+    # Straight to the class (no schema enforcement in front of it): the same refusals.
+    python_model = model.unwrap_python_model()
+    for value, message in ((2.5, "k must be a whole number, got 2.5"), (True, "whole number")):
+        with pytest.raises(BadRequest, match=message):
+            python_model.predict(None, pd.DataFrame({"history": [[known]], "k": [value]}))
+    with pytest.raises(BadRequest, match="row 0: new_items must be a list"):
+        python_model.predict(None, pd.DataFrame({"history": [[known]], "new_items": ["[{}]"]}))
+    with pytest.raises(BadRequest, match="row 0: history must be a list of item ids"):
+        python_model.predict(None, pd.DataFrame({"history": [known]}))
 
 
 def test_tolerance_lets_a_slightly_worse_challenger_through(world, registered):
@@ -201,7 +223,7 @@ def test_backbone_ranks_only_the_new_items_it_is_given(world):
     catalogue = [{"item_id": f"X{i}", "text": t} for i, t in enumerate(texts[:40])]
     out = model.predict(
         pd.DataFrame(
-            {"history": [["X1", "X2", "X3"]], "k": [10], "new_items": [json.dumps(catalogue)]}
+            {"history": [["X1", "X2", "X3"]], "k": [10], "new_items": [catalogue]}
         )
     )
     assert out.loc[0, "strategy"] == "model" and len(out.loc[0, "item_ids"]) == 10

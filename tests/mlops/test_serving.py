@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pandas as pd
@@ -48,12 +47,20 @@ def test_models_serve_answers_top_k_lists(champion, tmp_path):
             {
                 "dataframe_split": {
                     "columns": ["history", "k", "new_items"],
-                    "data": [[histories[0], 3, json.dumps(new)], [["NOPE"], 4, None]],
+                    "data": [[histories[0], 3, new], [["NOPE"], 4, None]],
                 }
             },
         )
-        with pytest.raises(RuntimeError, match="HTTP 400"):
-            serving.invoke(url, {"dataframe_records": [{"history": ["x"], "k": 0}]})
+        # Bad requests: HTTP 400 whose message names the row and the field.
+        bad = [
+            ({"history": ["x"], "k": 0}, "row 0: k must be between 1 and 1000"),
+            ({"history": ["x"], "new_items": [{"item_id": "n"}]}, "Missing required properties"),
+            ({"history": ["x"], "new_items": [{"item_id": item_ids[0], "text": "t"}]},
+             "already in the catalogue"),
+        ]  # fmt: skip
+        for record, message in bad:
+            with pytest.raises(RuntimeError, match=f"HTTP 400 .*{message}"):
+                serving.invoke(url, {"dataframe_records": [record]})
     print(f"mlflow models serve ready in {ready:.1f} s")
 
     rows = records["predictions"]

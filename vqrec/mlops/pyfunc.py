@@ -16,49 +16,57 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import Array, ColSpec, DataType, Object, Property, Schema
 
 DEFAULT_K = 10
+MAX_K = 1000  # a bigger k is refused (400), never capped silently
 
+
+class BadRequest(MlflowException, ValueError):
+    """A request the model refuses: ``mlflow models serve`` answers HTTP 400 with its message
+    (MLflow's INVALID_PARAMETER_VALUE); in process it is also a ValueError.
+
+    A request is validated whole before anything is scored: one bad row refuses the request
+    (all or nothing), and the message names the row and the field.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _parse_new_items(value: Any, row: int) -> list[dict[str, str]]:
-    """``new_items`` of one input row -> [{item_id, text}], with a clear error on bad input."""
+    """``new_items`` of one input row (a list of {item_id, text} objects) -> that list."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
-    if isinstance(value, str):
-        if not value.strip():
-            return []
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"row {row}: new_items is not valid JSON ({exc.msg})") from exc
-    if isinstance(value, dict):
-        value = [value]
     if not isinstance(value, list | tuple | np.ndarray):
-        raise ValueError(f"row {row}: new_items must be a JSON list of {{item_id, text}} objects")
+        raise BadRequest(
+            f"row {row}: new_items must be a list of {{item_id, text}} objects, "
+            f"got {type(value).__name__} {value!r:.80}"
+        )
     items = []
     for j, item in enumerate(value):
         if not isinstance(item, dict) or "item_id" not in item or "text" not in item:
-            raise ValueError(f"row {row}: new_items[{j}] needs 'item_id' and 'text', got {item!r}")
+            raise BadRequest(f"row {row}: new_items[{j}] needs 'item_id' and 'text', got {item!r}")
         text = str(item["text"]).strip()
         if not text:
-            raise ValueError(f"row {row}: new_items[{j}] ({item['item_id']!r}) has an empty text")
+            raise BadRequest(f"row {row}: new_items[{j}] ({item['item_id']!r}) has an empty text")
         items.append({"item_id": str(item["item_id"]), "text": text})
     return items
 
 
-def _as_list(value: Any) -> list[Any]:
+def _history(value: Any, row: int) -> list[str]:
+    """``history`` of one input row (a list of item ids, oldest first) -> that list."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
-    if isinstance(value, str):
-        # A JSON-encoded list (some REST clients send one) or a single id.
-        stripped = value.strip()
-        if stripped.startswith("["):
-            return list(json.loads(stripped))
-        return [stripped] if stripped else []
-    return list(value)
+    if not isinstance(value, list | tuple | np.ndarray):
+        raise BadRequest(
+            f"row {row}: history must be a list of item ids, got {type(value).__name__} "
+            f"{value!r:.80}"
+        )
+    return [str(item) for item in value]
 
 
 class VQRecRecommender(mlflow.pyfunc.PythonModel):
@@ -137,7 +145,7 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "history" not in df.columns:
-            raise ValueError(f"input needs a 'history' column, got columns {list(df.columns)}")
+            raise BadRequest(f"input needs a 'history' column, got columns {list(df.columns)}")
         n_rows = len(df)
         ks = self._ks(df)
         exclude = (
@@ -147,10 +155,11 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
         )
 
         new_per_row, texts = self._new_items(df)
+        histories, unknown = self._histories(df, new_per_row)
+        # Every row is valid (BadRequest above otherwise): only now is anything computed.
         table = self.item_emb
         if texts:
             table = torch.cat([self.item_emb, self.embed_new_items(texts)])
-        histories, unknown = self._histories(df, new_per_row)
         names = np.concatenate([self.item_ids, np.array(texts, dtype=object)])
         for mapping in new_per_row:
             for item_id, idx in mapping.items():
@@ -177,9 +186,14 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
         texts: list[str] = []
         for row, value in enumerate(df["new_items"] if "new_items" in df.columns else []):
             mapping: dict[str, int] = {}
-            for item in _parse_new_items(value, row):
-                if item["item_id"] in self.index_of or item["item_id"] in mapping:
-                    continue  # a known item keeps its trained representation
+            for j, item in enumerate(_parse_new_items(value, row)):
+                if item["item_id"] in self.index_of:
+                    raise BadRequest(
+                        f"row {row}: new_items[{j}] {item['item_id']!r} is already in the "
+                        "catalogue (it keeps its trained representation): leave it out"
+                    )
+                if item["item_id"] in mapping:
+                    raise BadRequest(f"row {row}: new_items[{j}] {item['item_id']!r} is repeated")
                 mapping[item["item_id"]] = len(self.item_emb) + len(texts)
                 texts.append(item["text"])
             new_per_row.append(mapping)
@@ -195,8 +209,7 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
         histories, unknown = [], []
         for row, value in enumerate(df["history"]):
             ids, missing = [], []
-            for item in _as_list(value):
-                item = str(item)
+            for item in _history(value, row):
                 idx = self.index_of.get(item) or new_per_row[row].get(item)
                 (ids if idx else missing).append(idx or item)
             histories.append(ids[-max_len:])
@@ -252,12 +265,15 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
             return [DEFAULT_K] * len(df)
         ks = []
         for row, value in enumerate(df["k"]):
-            try:
-                k = DEFAULT_K if pd.isna(value) else int(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"row {row}: k must be an integer, got {value!r}") from exc
-            if k < 1:
-                raise ValueError(f"row {row}: k must be >= 1, got {k}")
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                ks.append(DEFAULT_K)
+                continue
+            whole = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            if not whole and not (isinstance(value, float | np.floating) and value.is_integer()):
+                raise BadRequest(f"row {row}: k must be a whole number, got {value!r}")
+            k = int(value)
+            if not 1 <= k <= MAX_K:
+                raise BadRequest(f"row {row}: k must be between 1 and {MAX_K}, got {k}")
             ks.append(k)
         return ks
 
@@ -304,13 +320,16 @@ def _resolve_encoder(bundle: dict[str, Any]) -> str:
     )
 
 
+NEW_ITEM = Object([Property("item_id", DataType.string), Property("text", DataType.string)])
+
+
 def signature() -> ModelSignature:
     """The pyfunc signature: history/k/new_items/exclude_seen in, top-k lists out."""
     inputs = Schema(
         [
             ColSpec(Array(DataType.string), "history"),
             ColSpec(DataType.long, "k", required=False),
-            ColSpec(DataType.string, "new_items", required=False),
+            ColSpec(Array(NEW_ITEM), "new_items", required=False),
             ColSpec(DataType.boolean, "exclude_seen", required=False),
         ]
     )

@@ -248,7 +248,7 @@ def build_backbone_bundle(
         {
             "history": [["a"]],
             "k": [1],
-            "new_items": [json.dumps([{"item_id": "a", "text": "a red pen"}])],
+            "new_items": [[{"item_id": "a", "text": "a red pen"}]],
         }
     )
     artifacts = {
