@@ -1,4 +1,5 @@
-"""vqrec_nightly: clean, encode, codes, pretrain, finetune per domain, evaluate, register.
+"""vqrec_nightly: clean, encode, codes, pretrain, finetune per domain, evaluate, register,
+batch recommendations.
 
 Thin wiring only: the work is vqrec.orchestration.pipeline (tested on its own) and the Spark
 jobs in jobs/.
@@ -33,7 +34,8 @@ Cleans every domain of the raw snapshot of the run's date (Spark), encodes item 
 backbone on `pretrain_domains`, fine-tunes one lookup table per target domain (one mapped
 task each, so one domain's failure keeps the others), evaluates (full ranking) and
 registers `vqrec-backbone` and `vqrec-<domain>` in MLflow as *challenger*, promoting to
-*champion* only when test NDCG@10 is not worse.
+*champion* only when test NDCG@10 is not worse, then writes each target domain's batch
+recommendations (the champion's top-`recommend_k` per user) to the lake.
 
 Every task writes the lake version of the run's logical date: re-running a date replaces
 that date's outputs with identical data; backfills (`airflow backfill create`) each write
@@ -73,6 +75,13 @@ their own date. GPU steps run in pool/queue `gpu`.
             DEFAULT_PARAMS["hyper"],
             type="object",
             description="Training hyper-parameters (epochs, batch_size, ...)",
+        ),
+        "recommend_k": Param(
+            10,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            description="Batch recommendations: items per user (already-seen items left out)",
         ),
     },
 )
@@ -143,13 +152,32 @@ def vqrec_nightly():
         """MLflow: log the run, register challengers, promote champions that are not worse."""
         return pipeline.register_run(plan, summary)
 
+    recommend = spark_job(
+        "recommend",
+        "recommend.py",
+        [
+            "--lake",
+            plan_xcom("lake"),
+            "--version",
+            plan_xcom("version"),
+            "--clean-version",
+            plan_xcom("version"),
+            "--domains",
+            plan_xcom("target_domains", join=True),
+            "--k",
+            "{{ params.recommend_k }}",
+        ],
+        "Spark: each target domain's champion, top-k for every user's latest history, "
+        "already-seen items left out -> recommendations/<version> (jobs/recommend.py).",
+    )
+
     codes_info = codes(the_plan)
     backbone = pretrain(the_plan, codes_info)
     tuned = finetune.partial(plan=the_plan, backbone=backbone).expand(domain=targets(the_plan))
     summary = evaluate(the_plan, tuned)
     the_plan >> clean >> [encode, publish_clean_assets(the_plan)]
     encode >> codes_info
-    register(the_plan, summary)
+    register(the_plan, summary) >> recommend
 
 
 vqrec_nightly()

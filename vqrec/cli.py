@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vqrec.stages.evaluate:main", "full-ranking Recall/NDCG of a trained model"),
     "baselines": ("vqrec.stages.baselines:main", "ID-only / text / VQ-Rec scratch / transfer"),
     "register": ("vqrec.mlops.registry:main", "MLflow: register backbone + domain models, promote"),
+    "recommend": ("vqrec.spark.recommend:main", "Spark: each champion's top-k for every user"),
 }
 
 

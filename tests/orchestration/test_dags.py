@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +113,10 @@ def test_dagbag_imports_and_shapes(airflow_env):
         "finetune",
         "evaluate",
         "register",
+        "recommend",
     }
     assert tasks["clean"]["up"] == ["plan"] and tasks["encode"]["up"] == ["clean"]
+    assert "register" in tasks["recommend"]["up"] and "recommend_k" in nightly["params"]
     assert "encode" in tasks["codes"]["up"] and "codes" in tasks["pretrain"]["up"]
     assert {"pretrain", "targets"} <= set(tasks["finetune"]["up"])
     assert "finetune" in tasks["evaluate"]["up"] and "evaluate" in tasks["register"]["up"]
@@ -188,6 +191,10 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
         data = load_domain(lake, domain, version, version)
         pop = popularity_metrics(data.splits["train"], data.splits["test"], data.n_items)
         assert metrics["ndcg@10"] > 1.5 * pop["ndcg@10"] + 0.02, (domain, metrics, pop)
+        # Batch recommendations: the champion's top-10 for every user of the domain.
+        recs = pq.read_table(lake / "recommendations" / version / f"domain={domain}")
+        assert recs.num_rows == 10 * len(data.splits["test"]), domain
+        assert set(recs.column("model_version").to_pylist()) == {"1"}
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -58,3 +59,15 @@ def canonical_parquet(path: str | os.PathLike[str]) -> None:
     table = pq.read_table(os.fspath(path))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="snappy")
+
+
+def tidy_spark_output(folder: Path) -> None:
+    """Deterministic names: part-NNNNN.parquet per domain folder, no .crc or Spark _SUCCESS."""
+    for crc in folder.rglob("*.crc"):
+        crc.unlink()
+    for marker in folder.rglob("_SUCCESS"):
+        marker.unlink()
+    for domain_dir in sorted(p for p in folder.glob("domain=*") if p.is_dir()):
+        for i, part in enumerate(sorted(domain_dir.glob("part-*.parquet"))):
+            part.rename(domain_dir / f"part-{i:05d}.parquet")
+            canonical_parquet(domain_dir / f"part-{i:05d}.parquet")

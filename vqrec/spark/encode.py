@@ -55,7 +55,7 @@ from vqrec.lake.store import (
     staged_version,
     validate_name,
 )
-from vqrec.spark.common import canonical_parquet
+from vqrec.spark.common import tidy_spark_output
 from vqrec.stages.flags import comma_list
 
 log = logging.getLogger("vqrec.encode")
@@ -230,18 +230,6 @@ def _commit_cache_file(spark_out: Path, cache_dir: Path) -> tuple[Path, int]:
     return final, rows
 
 
-def _tidy_spark_output(folder: Path) -> None:
-    """Deterministic names: part-NNNNN.parquet per domain folder, no .crc or Spark _SUCCESS."""
-    for crc in folder.rglob("*.crc"):
-        crc.unlink()
-    for marker in folder.rglob("_SUCCESS"):
-        marker.unlink()
-    for domain_dir in sorted(p for p in folder.glob("domain=*") if p.is_dir()):
-        for i, part in enumerate(sorted(domain_dir.glob("part-*.parquet"))):
-            part.rename(domain_dir / f"part-{i:05d}.parquet")
-            canonical_parquet(domain_dir / f"part-{i:05d}.parquet")
-
-
 def _wanted_domains(items_root: Path, domains: list[str] | None) -> dict[str, Path]:
     """The item folders of ``domains`` (all when None), in name order; an unknown name is a
     LakeError listing the available ones."""
@@ -402,12 +390,12 @@ def _write_embeddings(
         .write.partitionBy("domain")
         .parquet(str(out / "items"))
     )
-    _tidy_spark_output(out / "items")
+    tidy_spark_output(out / "items")
     for domain, n in per_domain.items():
         if n == 0:  # Spark writes no folder for a domain without rows: write it empty
             empty = rows.filter(F.lit(False)).drop("domain").coalesce(1)
             empty.write.parquet(str(out / "items" / f"domain={domain}"))
-            _tidy_spark_output(out / "items")
+            tidy_spark_output(out / "items")
             _tidy_empty(out / "items" / f"domain={domain}")
     # Every item must have found its vector; never commit a version with holes.
     written = spark.read.parquet(str(out / "items"))
