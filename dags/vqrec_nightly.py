@@ -37,6 +37,12 @@ registers `vqrec-backbone` and `vqrec-<domain>` in MLflow as *challenger*, promo
 *champion* only when test NDCG@10 is not worse, then writes each target domain's batch
 recommendations (the champion's top-`recommend_k` per user) to the lake.
 
+`cadence=incremental` (the default once a champion backbone exists) skips the refit and
+the pre-training: the champion's frozen quantizers code the new snapshot and each domain's
+lookup table is warm-started from its champion for a bounded number of epochs.
+`cadence=refresh` is the full run above (e.g. weekly, or when the run's drift report
+recommends it).
+
 Every task writes the lake version of the run's logical date: re-running a date replaces
 that date's outputs with identical data; backfills (`airflow backfill create`) each write
 their own date. GPU steps run in pool/queue `gpu`.
@@ -69,6 +75,13 @@ their own date. GPU steps run in pool/queue `gpu`.
             DEFAULT_PARAMS["target_domains"],
             type="array",
             description="Domains that get a lookup table (empty: pretrain_domains)",
+        ),
+        "cadence": Param(
+            "incremental",
+            enum=list(pipeline.CADENCES),
+            description="incremental: frozen codes, no pre-training, each domain warm-started "
+            "from its champion; refresh: refit codes, pre-train, re-tune (also chosen when "
+            "there is no champion backbone yet)",
         ),
         "code_strategy": Param(DEFAULT_PARAMS["code_strategy"], enum=list(STRATEGIES)),
         "hyper": Param(
@@ -122,12 +135,14 @@ def vqrec_nightly():
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
     def codes(plan: dict) -> dict:
-        """faiss OPQ: fit the pre-training quantizer (strict) and code every domain."""
+        """faiss OPQ: fit the pre-training quantizer (strict) and code every domain
+        (incremental: the champion's frozen quantizers code every item, nothing is refitted)."""
         return pipeline.code_domains(plan)
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE, execution_timeout=timedelta(hours=6))
     def pretrain(plan: dict, codes_info: dict) -> dict:
-        """Pre-train the shared backbone on the pre-training domains (contrastive)."""
+        """Pre-train the shared backbone on the pre-training domains (contrastive); an
+        incremental run keeps the champion backbone and returns at once."""
         return pipeline.run_pretrain(plan)
 
     @task
@@ -139,7 +154,8 @@ def vqrec_nightly():
     def finetune(domain: str, plan: dict, backbone: dict) -> dict:
         """Transfer the frozen backbone to one domain: align its codes with the pre-trained
         table (matched assignment), then fine-tune its lookup table; early-stopped on valid
-        NDCG@10, tested on test."""
+        NDCG@10, tested on test. Incremental: warm-started from the domain's champion, for a
+        bounded number of epochs."""
         return pipeline.run_finetune(plan, domain)
 
     @task(trigger_rule="all_done")
@@ -149,7 +165,8 @@ def vqrec_nightly():
 
     @task
     def register(plan: dict, summary: dict) -> dict:
-        """MLflow: log the run, register challengers, promote champions that are not worse."""
+        """MLflow: log the run, register challengers (the backbone only when it was
+        pre-trained), promote champions that are not worse."""
         return pipeline.register_run(plan, summary)
 
     recommend = spark_job(

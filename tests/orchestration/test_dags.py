@@ -238,3 +238,35 @@ def test_new_domain_registers_without_touching_the_backbone(nightly_world):
     assert {s: (lake / s / "CURRENT").read_text() for s in stages} == current_before
     evaluate = [str(VENV_BIN / "vqrec"), "evaluate", "--lake", str(lake), "--domain", "Arts"]
     _run(evaluate, env, base / "evaluate.log")
+
+
+@pytest.mark.slow
+def test_incremental_nightly_keeps_backbone_and_codes_and_warm_starts(nightly_world):
+    """The next night on a champion: no refit, no pre-training, each domain warm-started
+    from its champion for at most INCREMENTAL_CAPS epochs, registered through the same gate."""
+    from vqrec.orchestration.pipeline import INCREMENTAL_CAPS, version_for
+
+    lake, env, base = (nightly_world[k] for k in ("lake", "env", "base"))
+    refreshed = version_for(f"{DATE}T00:00:00+00:00", "")
+    day2 = "2026-11-21"
+    _run([str(VENV_BIN / "airflow"), "dags", "test", "vqrec_nightly", day2], env, base / "n2.log")
+    version = version_for(f"{day2}T00:00:00+00:00", "")
+
+    def same_bytes(stage: str, path: str) -> bool:
+        return (lake / stage / version / path).read_bytes() == (
+            lake / stage / refreshed / path
+        ).read_bytes()
+
+    assert same_bytes("models", "backbone/model.safetensors")  # no pre-training
+    for quantizer in ("pretrain", "Kitchen"):  # the champion's quantizers, frozen
+        assert same_bytes("codes", f"quantizers/{quantizer}.faiss"), quantizer
+    client = _client(lake)
+    assert len(client.search_model_versions("name = 'vqrec-backbone'")) == 1
+    for domain in ("Arts", "Garden", "Kitchen"):
+        config = json.loads(
+            (lake / "models" / version / "domains" / domain / "config.json").read_text()
+        )
+        assert config["warm_start_version"] == refreshed, domain
+        assert config["train"]["epochs"] <= INCREMENTAL_CAPS["epochs"]
+        assert config["train"]["permutation"] == "identity"  # aligned already
+        assert len(client.search_model_versions(f"name = 'vqrec-{domain}'")) == 2, domain

@@ -25,6 +25,7 @@ def test_plan_defaults(tmp_path):
     assert plan.domains == ["A", "B", "C"]
     assert plan.target_domains == ["A", "B"]
     assert plan.version == "d20261120T000000"
+    assert (plan.cadence, plan.cadence_reason) == ("refresh", "no champion backbone yet")
     assert RunPlan.from_dict(plan.to_dict()) == plan
 
 
@@ -91,3 +92,31 @@ def test_champion_backbone_lets_store_errors_through(tmp_path, monkeypatch):
     monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", missing)
     with pytest.raises(RuntimeError, match="no vqrec-backbone@champion"):
         pipeline.champion_backbone(str(tmp_path / "lake"))
+
+
+@pytest.mark.usefixtures("lake_store")
+def test_cadence_is_incremental_on_a_champion_backbone(trained_world, tmp_path):
+    """Real registered champions (the trained toy world): an incremental run builds on the
+    champion backbone's versions and warm-starts the domain from its champion; a refresh is
+    what is asked, what a lake without champion gets, and what a rerun of the refresh's own
+    date repeats."""
+    from tests.support.world import DOMAIN, copy_world
+    from vqrec.mlops import registry
+
+    lake = copy_world(trained_world, tmp_path / "lake")["lake"]
+    registry.register_backbone(lake, "trained", clean_version="v1", codes_version="v1")
+    registry.register_domain(lake, DOMAIN, "trained")
+    params = {"raw_root": str(_raw(tmp_path, DOMAIN)), "lake": str(lake)}
+    params["pretrain_domains"] = [DOMAIN]
+
+    plan = plan_run(params, logical_date="2026-11-21T00:00:00+00:00")
+    assert plan.cadence == "incremental" and plan.backbone_version == "trained"
+    assert plan.frozen_codes_version == "v1" and plan.warm_start == {DOMAIN: "trained"}
+    assert plan_run({**params, "cadence": "refresh"}, "2026-11-21").cadence == "refresh"
+    rerun = plan_run(params, logical_date=None, run_id="trained")  # the refresh's own version
+    assert (rerun.cadence, rerun.cadence_reason) == (
+        "refresh",
+        "a rerun of the date that refreshed",
+    )
+    with pytest.raises(ValueError, match="cadence must be one of incremental, refresh"):
+        plan_run({**params, "cadence": "weekly"}, "2026-11-21")

@@ -26,7 +26,13 @@ from vqrec.core.losses import full_softmax_loss
 from vqrec.core.metrics import metrics_from_ranks, ranks_from_scores
 from vqrec.core.model import ModelConfig, VQRec, save_model
 from vqrec.core.quantizer import assign_codes, code_stats, fit_quantizer, save_quantizer
-from vqrec.lake.store import SUCCESS, read_success, resolve_version, staged_version
+from vqrec.lake.store import (
+    SUCCESS,
+    read_success,
+    resolve_version,
+    staged_part,
+    staged_version,
+)
 
 DOMAIN = "toyshop"
 PRODUCTS = ["kettle", "notebook", "headphones", "sneakers", "backpack", "lamp",
@@ -184,20 +190,27 @@ def train_model(
         "train": {"epochs": epochs, "lr": 1e-2, "seed": seed, "api_token": "must-not-be-logged"},
         "model": cfg.to_dict(),
         "domain": DOMAIN,
+        "backbone_version": version,  # fine-tuned on the backbone of its own version
         "data": {
             "clean": data["version"],
             "codes": data["version"],
             "embeddings": data["version"],
         },  # fmt: skip
     }
-    # As the trainer records them (vqrec.lake.models): the backbone one source per domain.
+    # As the trainer commits them (vqrec.lake.models, vqrec.stages.train): the backbone with
+    # one data source per domain, then the domain as its own part.
     backbone = info | {"data": {DOMAIN: info["data"]}}
+
+    def write(folder: Path, config: dict) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(model, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
     with staged_version(lake, "models", version, metadata={}) as out:
-        for folder, config in ((out / "backbone", backbone), (out / "domains" / DOMAIN, info)):
-            folder.mkdir(parents=True)
-            save_model(model, folder / "model.safetensors")
-            (folder / "config.json").write_text(json.dumps(config))
-            (folder / "metrics.json").write_text(json.dumps(metrics))
+        write(out / "backbone", backbone)
+    with staged_part(lake, "models", version, f"domains/{DOMAIN}") as out:
+        write(out, info)
     return metrics["test"]
 
 

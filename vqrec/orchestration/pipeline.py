@@ -20,6 +20,7 @@ from typing import Any
 
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
 from vqrec.lake.store import (
+    LakeError,
     lake_root,
     read_success,
     resolve_part,
@@ -28,6 +29,16 @@ from vqrec.lake.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# The two cadences of vqrec_nightly. "incremental" (the default): codes by the champion's
+# frozen quantizers, no pre-training, each domain's lookup table warm-started from its
+# champion for a bounded number of epochs. "refresh": refit the quantizers, pre-train the
+# backbone, re-tune every domain. An incremental run with no champion backbone, or a rerun
+# of the date whose refresh made the champion, does the refresh.
+CADENCES = ("incremental", "refresh")
+# Caps of an incremental fine-tune: at most these (hyper.finetune's value when smaller);
+# hyper.incremental may change them or set any other TrainConfig field for incremental runs.
+INCREMENTAL_CAPS: dict[str, Any] = {"epochs": 10, "patience": 3}
 
 # A raw root may hold dated snapshots: <raw_root>/dt=YYYY-MM-DD/<Domain>/...
 _SNAPSHOT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -54,6 +65,11 @@ class RunPlan:
     # A one-domain backfill commits its versions without moving CURRENT: CURRENT stays the
     # latest complete picture (the nightly's), which plain CLI commands read.
     move_current: bool = True
+    # "refresh" or "incremental" (CADENCES; "backfill" for a new domain) and why; incremental
+    # runs warm-start each domain from its champion's models version (domain -> version).
+    cadence: str = "refresh"
+    cadence_reason: str = ""
+    warm_start: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +129,7 @@ def plan_run(params: dict[str, Any], logical_date: str | None = None, run_id: st
     if outside:
         raise ValueError(f"pretrain/target domains {outside} are not among the cleaned {domains}")
     strategy = check_strategy(params.get("code_strategy", DEFAULT_STRATEGY))
-    return RunPlan(
+    plan = RunPlan(
         lake=str(lake_root(params.get("lake"))),
         raw_root=str(raw),
         version=version_for(logical_date, run_id),
@@ -125,6 +141,63 @@ def plan_run(params: dict[str, Any], logical_date: str | None = None, run_id: st
         run_id=run_id,
         hyper=dict(params.get("hyper") or {}),
     )
+    return _choose_cadence(plan, params.get("cadence", "incremental"))
+
+
+def _choose_cadence(plan: RunPlan, asked: str) -> RunPlan:
+    """Fix the run's cadence (see :data:`CADENCES`) and, when incremental, what it builds on."""
+    if asked not in CADENCES:
+        raise ValueError(f"cadence must be one of {', '.join(CADENCES)}; got {asked!r}")
+    champion = _champion_backbone_or_none(plan.lake) if asked == "incremental" else None
+    if asked == "refresh":
+        plan.cadence, plan.cadence_reason = "refresh", "asked for"
+    elif champion is None:
+        plan.cadence, plan.cadence_reason = "refresh", "no champion backbone yet"
+    elif champion["models"] == plan.version:
+        plan.cadence, plan.cadence_reason = "refresh", "a rerun of the date that refreshed"
+    else:
+        plan.cadence = "incremental"
+        plan.cadence_reason = f"on the champion backbone of models/{champion['models']}"
+        plan.backbone_version = champion["models"]
+        plan.frozen_codes_version = champion["codes"]
+        plan.warm_start = _warm_starts(plan, champion["models"])
+    log.info("cadence %s: %s", plan.cadence, plan.cadence_reason)
+    return plan
+
+
+def _warm_starts(plan: RunPlan, backbone_models: str) -> dict[str, str]:
+    """domain -> the models version of its champion, for the target domains whose champion
+    was trained on ``backbone_models`` (others start from the backbone, as in a refresh).
+
+    A rerun of an incremental date finds its own first try as champion: it starts from
+    what that try started from, so the rerun repeats the date instead of compounding it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from vqrec.mlops import registry
+
+    client = MlflowClient()
+    starts: dict[str, str] = {}
+    for domain in plan.target_domains:
+        mv = registry.champion_or_none(client, registry.domain_model_name(domain))
+        version = (mv.tags or {}).get(registry.TAG_MODEL_VERSION) if mv is not None else None
+        config = _domain_config(plan.lake, version, domain) if version else None
+        if config is not None and version == plan.version:
+            version = config.get("warm_start_version")
+            config = _domain_config(plan.lake, version, domain) if version else None
+        if config is not None and config.get("backbone_version") == backbone_models:
+            starts[domain] = str(version)
+    return starts
+
+
+def _domain_config(lake: str, version: str, domain: str) -> dict[str, Any] | None:
+    """config.json of ``models/<version>/domains/<domain>``, or None if the lake lost it."""
+    try:
+        path = resolve_part(lake, "models", version, f"domains/{domain}") / "config.json"
+        return json.loads(path.read_text())
+    except (LakeError, FileNotFoundError):
+        log.warning("models/%s/domains/%s is not in the lake: no warm start", version, domain)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +275,10 @@ def code_domains(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Fit the pre-training quantizer (strict, joint) and code every domain of the run."""
     p = _plan(plan)
     targets = sorted(set(p.target_domains) - set(p.pretrain_domains))
-    return _code_stage(p, p.pretrain_domains, targets)
+    # Incremental: every quantizer the champion's codes version holds is reused as is (new
+    # items are coded, nothing refitted); only a new target domain's own one is fitted.
+    frozen = p.frozen_codes_version if p.cadence == "incremental" else None
+    return _code_stage(p, p.pretrain_domains, targets, frozen_from=frozen)
 
 
 def _train_configs(
@@ -222,12 +298,24 @@ def _train_configs(
     )
 
 
+def _incremental_config(plan: RunPlan, cfg: Any) -> Any:
+    """``cfg`` bounded by :data:`INCREMENTAL_CAPS`, then ``hyper.incremental`` applied."""
+    from vqrec.stages.flags import config_from_dict
+
+    caps = {k: min(getattr(cfg, k), v) for k, v in INCREMENTAL_CAPS.items()}
+    merged = {**dataclasses.asdict(cfg), **caps, **_hyper(plan, "incremental")}
+    return config_from_dict(type(cfg), merged, "hyper.incremental")
+
+
 def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
     """Pre-train the shared backbone on the plan's pre-training domains -> models/<v>/backbone."""
     from vqrec.mlops import tracking
     from vqrec.stages.train import pretrain_to_lake
 
     p = _plan(plan)
+    if p.cadence == "incremental":
+        log.info("incremental run: no pre-training, the champion backbone is kept")
+        return {"version": p.backbone_version, "skipped": p.cadence_reason}
     cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
     with tracking.stage_run(
         p.lake, p.run_id or p.version, "pretrain", data_versions=_data_versions(p)
@@ -256,9 +344,12 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
 
     p = _plan(plan)
     domain = validate_name(domain, "domain")
+    warm = p.warm_start.get(domain) if p.cadence == "incremental" else None
     cfg, model_cfg = _train_configs(
         p, "finetune", defaults={"mode": "transfer", **FINETUNE_DEFAULTS}
     )
+    if warm:
+        cfg = _incremental_config(p, cfg)
     with tracking.stage_run(
         p.lake,
         p.run_id or p.version,
@@ -278,6 +369,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
             codes_version=p.version,
             resume=True,
             move_current=p.move_current,
+            warm_start_version=warm,
         )
         out = resolve_part(p.lake, "models", p.version, f"domains/{domain}")
         test = tracking.log_model_dir(out)
@@ -304,12 +396,17 @@ def collect_results(plan: RunPlan | dict[str, Any], results: list[dict[str, Any]
 
 
 def register_run(
-    plan: RunPlan | dict[str, Any], summary: dict[str, Any], backbone: bool = True
+    plan: RunPlan | dict[str, Any], summary: dict[str, Any], backbone: bool | None = None
 ) -> dict[str, Any]:
-    """Register the backbone (optional) and each finished domain; promote the not-worse ones."""
+    """Register the backbone and each finished domain; promote the not-worse ones.
+
+    ``backbone`` None: registered when the run pre-trained one (a refresh).
+    """
     from vqrec.mlops import registry, tracking
 
     p = _plan(plan)
+    if backbone is None:
+        backbone = p.cadence == "refresh"
     tolerance = float(p.hyper.get("promotion_tolerance", 0.0))
     key = p.run_id or p.version
     versions = {"clean_version": p.version, "codes_version": p.version}
@@ -356,6 +453,18 @@ def landing_event_params(events: Any) -> dict[str, Any]:
 
 def champion_backbone(lake: str) -> dict[str, str]:
     """The lake versions (models, codes) behind ``vqrec-backbone@champion``."""
+    champion = _champion_backbone_or_none(lake)
+    if champion is None:
+        from vqrec.mlops import registry
+
+        raise RuntimeError(
+            f"no {registry.BACKBONE_MODEL}@{registry.CHAMPION} in the MLflow store of {lake}: "
+            "run vqrec_nightly first (a new domain is fine-tuned on the champion backbone)"
+        )
+    return champion
+
+
+def _champion_backbone_or_none(lake: str) -> dict[str, str] | None:
     from mlflow.tracking import MlflowClient
 
     from vqrec.mlops import registry, tracking
@@ -365,10 +474,7 @@ def champion_backbone(lake: str) -> dict[str, str]:
     # store error propagates instead of being reported as a missing champion.
     mv = registry.champion_or_none(MlflowClient(), registry.BACKBONE_MODEL)
     if mv is None:
-        raise RuntimeError(
-            f"no {registry.BACKBONE_MODEL}@{registry.CHAMPION} in the MLflow store of {lake}: "
-            "run vqrec_nightly first (a new domain is fine-tuned on the champion backbone)"
-        )
+        return None
     tags = mv.tags or {}
     models = tags.get(registry.TAG_MODEL_VERSION)
     codes = tags.get("vqrec.data.codes")
@@ -412,6 +518,8 @@ def plan_new_domain(
         backbone_version=champion["models"],
         frozen_codes_version=champion["codes"],
         move_current=False,
+        cadence="backfill",
+        cadence_reason="a new domain on the champion backbone",
     )
 
 

@@ -8,6 +8,7 @@ live under ``<lake>/checkpoints/<V>/<part>/`` until the commit, so a retried tas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from vqrec.lake.store import (
     LakeError,
     default_version,
     lake_root,
+    resolve_part,
     resolve_version,
     staged_part,
     staged_version,
@@ -134,6 +136,7 @@ def finetune_to_lake(
     embeddings_version: str | None = None,
     resume: bool = False,
     move_current: bool = True,
+    warm_start_version: str | None = None,
 ) -> TrainResult:
     """Fine-tune one domain and commit it as the part ``domains/<domain>`` of ``version``.
 
@@ -144,6 +147,11 @@ def finetune_to_lake(
     each other. A new version moves ``models/CURRENT`` only when it holds a backbone (and
     ``move_current``): CURRENT is what the next plain transfer reads its backbone from, so a
     scratch run never points it at a version without one.
+
+    ``warm_start_version`` (the incremental nightly): a models version holding this domain's
+    model trained on the same backbone; training starts from it (its lookup table is already
+    aligned with the backbone, so there is no alignment phase) instead of from the backbone's
+    pre-trained table. The version still gets ``backbone_version``'s backbone.
     """
     lake = lake_root(lake)
     domain = validate_name(domain, "domain")
@@ -151,6 +159,12 @@ def finetune_to_lake(
     if cfg.mode != "scratch":
         backbone_dir = resolve_version(lake, "models", backbone_version)
         backbone = load_model(backbone_dir / "backbone" / "model.safetensors")
+    if warm_start_version is not None:
+        if cfg.mode != "transfer":
+            raise ValueError(f"a warm start fine-tunes in mode 'transfer', not {cfg.mode!r}")
+        warm = resolve_part(lake, "models", warm_start_version, f"domains/{domain}")
+        backbone = load_model(warm / "model.safetensors")
+        cfg = dataclasses.replace(cfg, permutation="identity")
     model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
     encoder = model_cfg.item_encoder
     matched = backbone is not None and encoder == "vq" and cfg.permutation == "matched"
@@ -172,6 +186,7 @@ def finetune_to_lake(
         "domain": domain,
         "data": data.source,
         "backbone_version": backbone_dir.name if backbone_dir else None,
+        "warm_start_version": warm_start_version,
     }
     if not (lake / "models" / version / "_SUCCESS").exists():
         has_backbone = backbone_dir is not None
