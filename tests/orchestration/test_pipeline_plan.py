@@ -120,3 +120,33 @@ def test_cadence_is_incremental_on_a_champion_backbone(trained_world, tmp_path):
     )
     with pytest.raises(ValueError, match="cadence must be one of incremental, refresh"):
         plan_run({**params, "cadence": "weekly"}, "2026-11-21")
+
+
+@pytest.mark.usefixtures("lake_store")
+def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world, tmp_path):
+    """Read from what the stages committed: the night's codes stats and the test NDCG@10 of
+    the night's model against the refresh's (here: an untrained model after a trained one)."""
+    from tests.support.world import DOMAIN, copy_world, name_data_like_models
+    from vqrec.orchestration.pipeline import drift_report
+
+    lake = copy_world(trained_world, tmp_path / "lake")["lake"]
+    name_data_like_models(lake)
+    plan = RunPlan(
+        lake=str(lake), raw_root="", version="worse", domains=[DOMAIN],
+        pretrain_domains=[DOMAIN], target_domains=[DOMAIN], cadence="incremental",
+        backbone_version="trained",
+    )  # fmt: skip
+    report = drift_report(plan)
+    figures = report["domains"][DOMAIN]
+    test = trained_world["test"]
+    drop = (test["trained"]["ndcg@10"] - test["worse"]["ndcg@10"]) / test["trained"]["ndcg@10"]
+    assert figures["ndcg_drop"] == pytest.approx(drop, abs=1e-4) and drop > 0.1
+    assert "ndcg_drop" in figures["crossed"] and report["refresh_recommended"]
+    share = figures["unique_code_share"]  # the toy's 8 x 16 codes collide a lot
+    assert ("unique_code_share_below" in figures["crossed"]) == (share < 0.9)
+
+    plan.hyper = {"refresh_when": {"ndcg_drop": 1.0, "unique_code_share_below": share - 0.01}}
+    assert not drift_report(plan)["refresh_recommended"]
+    plan.hyper = {"refresh_when": {"ndcg": 1.0}}
+    with pytest.raises(ValueError, match=r"hyper.refresh_when: unknown key\(s\) \['ndcg'\]"):
+        drift_report(plan)

@@ -191,7 +191,7 @@ def _write_partitioned(table: pa.Table, folder: Path, n_files: int, seed: int) -
 
 @pytest.fixture(scope="module")
 def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Committed clean (sequences) and embeddings versions of three domains."""
+    """Committed clean (sequences, items) and embeddings versions of three domains."""
     lake = tmp_path_factory.mktemp("codes") / "lake"
     data = {name: _domain_data(seed) for seed, name in enumerate(["alpha", "beta", "gamma"])}
     with staged_version(lake, "clean", "c1") as out:
@@ -205,6 +205,14 @@ def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
                 }
             )
             _write_partitioned(table, out / "sequences" / f"domain={name}", 2, seed)
+            x = data[name][0]
+            items = pa.table(
+                {
+                    "item_idx": pa.array(np.arange(1, len(x) + 1), pa.int32()),
+                    "item_id": [f"{name}-{i}" for i in range(1, len(x) + 1)],
+                }
+            )
+            _write_partitioned(items, out / "items" / f"domain={name}", 1, seed)
     meta = {"encoder": "test-clusters", "clean_version": "c1"}
     with staged_version(lake, "embeddings", "e1", metadata=meta) as out:
         for seed, (name, (x, _)) in enumerate(data.items()):
@@ -370,6 +378,20 @@ def test_shared_strategy_new_items_and_frozen_reuse(tiny_lake: tuple[Path, dict]
     assert (first / "quantizers/gamma.faiss").read_bytes() == (
         second / "quantizers/gamma.faiss"
     ).read_bytes()
+    # Drift figures of a frozen quantizer: the items it was fitted on are known by raw id
+    # through the versions (own2 codes the same catalogue own1 was fitted on); a quantizer
+    # fitted on other domains never saw any of gamma's items.
+    stats = {v: json.loads((resolve_version(lake, "codes", v) / "stats.json").read_text())
+             for v in ("own1", "own2", "backfill")}  # fmt: skip
+    gamma_fit = stats["own1"]["domains"]["gamma"]
+    assert stats["own2"]["quantizers"]["gamma"]["fit_clean_version"] == (
+        stats["own1"]["quantizers"]["gamma"]["fit_clean_version"]
+    )
+    for key in ("n_fit_items", "unseen_at_fit_share"):
+        assert stats["own2"]["domains"]["gamma"][key] == gamma_fit[key], key
+    assert 0 < gamma_fit["unseen_at_fit_share"] < 1
+    assert stats["backfill"]["domains"]["gamma"]["n_fit_items"] == 0
+    assert stats["backfill"]["domains"]["gamma"]["unseen_at_fit_share"] == 1.0
     # A frozen quantizer of another shape is refused, not silently used.
     with pytest.raises(ValueError, match="frozen quantizer has"):
         run_codes(CodesConfig(**{**vars(own), "version": "own3", "frozen_from": "own1", "bits": 5}))

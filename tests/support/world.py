@@ -113,7 +113,11 @@ def build_data(lake: Path, version: str = "v1", seed: int = 0) -> dict:
 
     index = fit_quantizer(vectors, code_dim=CODE_DIM, bits=BITS, seed=seed, niter=5)
     codes = assign_codes(index, vectors).astype(np.int64)
-    stats = {"domains": {DOMAIN: code_stats(codes, 2**BITS) | {"quantizer": DOMAIN}}}
+    fitted = {"domains": [DOMAIN], "fit_domains": [DOMAIN], "fit_clean_version": version}
+    stats = {
+        "domains": {DOMAIN: code_stats(codes, 2**BITS) | {"quantizer": DOMAIN}},
+        "quantizers": {DOMAIN: fitted, "pretrain": fitted},
+    }
     with staged_version(lake, "codes", version, metadata={}) as out:
         save_quantizer(index, out / "quantizers" / f"{DOMAIN}.faiss")
         save_quantizer(index, out / "quantizers" / "pretrain.faiss")

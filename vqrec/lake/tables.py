@@ -108,6 +108,16 @@ def read_n_items(clean_dir: Path, domain: str) -> int:
     return n
 
 
+def read_item_ids(clean_dir: Path, domain: str) -> np.ndarray:
+    """Raw item ids of ``domain`` indexed by item_idx (row 0: "", the padding)."""
+    path = _partition(clean_dir, "items", domain)
+    table = _read_table(path, ["item_idx", "item_id"])
+    idx = table.column("item_idx").to_numpy().astype(np.int64)
+    ids = np.full(int(idx.max()) + 1, "", dtype=object)
+    ids[idx] = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    return ids
+
+
 def read_codes(codes_dir: Path, domain: str, n_items: int) -> np.ndarray:
     """(n_items+1, D) int64 raw codes of ``domain`` (row 0 zeros); every item must have one."""
     path = _partition(codes_dir, "codes", domain)

@@ -40,6 +40,16 @@ CADENCES = ("incremental", "refresh")
 # hyper.incremental may change them or set any other TrainConfig field for incremental runs.
 INCREMENTAL_CAPS: dict[str, Any] = {"epochs": 10, "patience": 3}
 
+# The drift report of an incremental run recommends a refresh when, for any target domain,
+# the share of its items its frozen quantizer never saw, or its share of items with a code
+# of their own falls below, or its test NDCG@10 has fallen from the refresh's by more than
+# the relative drop given. hyper.refresh_when overrides these.
+REFRESH_WHEN: dict[str, float] = {
+    "unseen_at_fit_share": 0.2,
+    "unique_code_share_below": 0.9,
+    "ndcg_drop": 0.1,
+}
+
 # A raw root may hold dated snapshots: <raw_root>/dt=YYYY-MM-DD/<Domain>/...
 _SNAPSHOT = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
@@ -392,7 +402,53 @@ def collect_results(plan: RunPlan | dict[str, Any], results: list[dict[str, Any]
         log.warning("fine-tune failed for %s: registering the others", failed)
     if not done:
         raise RuntimeError(f"no domain finished fine-tuning (failed: {failed})")
+    if p.cadence == "incremental":
+        summary["drift"] = drift_report(p)
     return summary
+
+
+def drift_report(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
+    """Should the backbone be refreshed? Per target domain of an incremental run: the
+    figures of :data:`REFRESH_WHEN` (from the run's codes stats and the models' test
+    metrics, the refresh's being those of the backbone's own models version) and the
+    limits crossed; ``refresh_recommended`` when any is."""
+    p = _plan(plan)
+    limits = {**REFRESH_WHEN, **_hyper(p, "refresh_when")}
+    unknown = sorted(set(limits) - set(REFRESH_WHEN))
+    if unknown:
+        known = ", ".join(REFRESH_WHEN)
+        raise ValueError(f"hyper.refresh_when: unknown key(s) {unknown}; known: {known}")
+    codes = json.loads((resolve_version(p.lake, "codes", p.version) / "stats.json").read_text())
+    report: dict[str, Any] = {"limits": limits, "domains": {}}
+    for domain in p.target_domains:
+        stats = codes["domains"].get(domain, {})
+        now = _test_ndcg(p.lake, p.version, domain)
+        then = _test_ndcg(p.lake, str(p.backbone_version), domain)
+        figures = {
+            "unseen_at_fit_share": stats.get("unseen_at_fit_share"),
+            "unique_code_share": stats.get("unique_code_share"),
+            "ndcg_drop": None if now is None or not then else round((then - now) / then, 4),
+        }
+        crossed = [
+            k for k in ("unseen_at_fit_share", "ndcg_drop") if (figures[k] or 0.0) > limits[k]
+        ]
+        share = figures["unique_code_share"]
+        if share is not None and share < limits["unique_code_share_below"]:
+            crossed.append("unique_code_share_below")
+        report["domains"][domain] = figures | {"crossed": crossed}
+    report["refresh_recommended"] = any(d["crossed"] for d in report["domains"].values())
+    if report["refresh_recommended"]:
+        log.warning("drift: a backbone refresh is recommended: %s", json.dumps(report["domains"]))
+    return report
+
+
+def _test_ndcg(lake: str, version: str, domain: str) -> float | None:
+    """Test NDCG@10 of ``models/<version>/domains/<domain>``, None if it has none."""
+    try:
+        folder = resolve_part(lake, "models", version, f"domains/{domain}")
+        return float(json.loads((folder / "metrics.json").read_text())["test"]["ndcg@10"])
+    except (LakeError, FileNotFoundError):
+        return None
 
 
 def register_run(

@@ -52,7 +52,7 @@ from vqrec.lake.store import (
     staged_version,
     validate_name,
 )
-from vqrec.lake.tables import read_item_embeddings, training_items
+from vqrec.lake.tables import read_item_embeddings, read_item_ids, training_items
 from vqrec.stages.flags import add_config_flags
 
 log = logging.getLogger("vqrec.quantize")
@@ -227,7 +227,11 @@ def _input_versions(cfg: CodesConfig) -> tuple[Path, dict[str, Any], Path | None
 
 
 def _quantizers(
-    cfg: CodesConfig, pretrain: list[_Domain], targets: list[_Domain], dims: dict[str, int]
+    cfg: CodesConfig,
+    pretrain: list[_Domain],
+    targets: list[_Domain],
+    dims: dict[str, int],
+    clean_dir_name: str | None,
 ) -> tuple[dict[str, faiss.Index], dict[str, dict], dict[str, str]]:
     """The quantizers this run codes with (fitted, or reused from ``frozen_from``), what is
     known of each (fit domains, sizes, seconds), and the quantizer of every domain."""
@@ -250,8 +254,15 @@ def _quantizers(
             log.info("reusing frozen quantizer %s from codes version %s", name, frozen_dir.name)
             quantizers[name] = index
             quantizer_info[name] = {"frozen_from": frozen_dir.name, "domains": [], "n_train": 0}
+            # Where it was fitted, carried along from version to version (drift: the share
+            # of a domain's items it has never seen).
+            stats = json.loads((frozen_dir / "stats.json").read_text())["quantizers"][name]
+            for key in ("fit_clean_version", "fit_domains"):
+                quantizer_info[name][key] = stats.get(key)
         elif domains:
             quantizers[name], quantizer_info[name] = _fit(cfg, name, domains)
+            quantizer_info[name]["fit_clean_version"] = clean_dir_name
+            quantizer_info[name]["fit_domains"] = [d.name for d in domains]
         else:
             raise LakeError(f"codes version {frozen_dir} has no quantizer {name!r} to reuse")
 
@@ -267,21 +278,37 @@ def _quantizers(
     return quantizers, quantizer_info, assignment
 
 
+def _seen_at_fit(
+    cfg: CodesConfig, clean_dir: Path | None, dom: _Domain, info: dict[str, Any]
+) -> int | None:
+    """How many of ``dom``'s items a frozen quantizer was fitted on (matched by raw item id:
+    item_idx changes between clean versions); None when that is not known."""
+    fit_version, fit_domains = info.get("fit_clean_version"), info.get("fit_domains") or []
+    if dom.name not in fit_domains:
+        return 0 if fit_version else None
+    if clean_dir is None:
+        return None
+    fit_dir = resolve_version(cfg.lake, "clean", fit_version)
+    seen = set(read_item_ids(fit_dir, dom.name)[training_items(fit_dir, dom.name)])
+    return int(np.isin(read_item_ids(clean_dir, dom.name)[dom.item_idx], list(seen)).sum())
+
+
 def _code_domain(
-    cfg: CodesConfig, out: Path, dom: _Domain, name: str, index: faiss.Index, fitted: bool
+    cfg: CodesConfig, out: Path, dom: _Domain, name: str, index: faiss.Index, n_fit: int | None
 ) -> dict[str, Any]:
     """Code every item of ``dom`` with quantizer ``name``, write its codes table into the
-    staged version ``out``; returns its code statistics (``fitted``: the quantizer was fitted
-    on this domain in this run, so its training items were seen at fit)."""
+    staged version ``out``; returns its code statistics (``n_fit``: how many of its items
+    the quantizer was fitted on, None if not known)."""
     t0 = time.perf_counter()
     codes = assign_codes(index, dom.x, cfg.threads)
     _write_codes(out, dom, codes, name)
     dstats = code_stats(codes, 2**cfg.bits)
-    n_fit = int(dom.train_mask.sum()) if fitted else 0
+    unseen = None if n_fit is None else int(len(dom.x) - n_fit)
     dstats.update(
         quantizer=name,
         n_fit_items=n_fit,
-        n_unseen_at_fit=int(len(dom.x) - n_fit),
+        n_unseen_at_fit=unseen,
+        unseen_at_fit_share=None if unseen is None else round(unseen / max(len(dom.x), 1), 6),
         relative_reconstruction_error=reconstruction_error(index, dom.x),
     )
     log.info(
@@ -314,7 +341,8 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
     dims = {d.name: d.x.shape[1] for d in pretrain + targets}
     if len(set(dims.values())) > 1:
         raise ValueError(f"embedding dimensions differ between domains: {dims}")
-    quantizers, quantizer_info, assignment = _quantizers(cfg, pretrain, targets, dims)
+    clean_name = clean_dir.name if clean_dir else None
+    quantizers, quantizer_info, assignment = _quantizers(cfg, pretrain, targets, dims, clean_name)
 
     # Which domains each quantizer was fitted on in this run (a frozen one: none).
     fitted_on = {name: set(info["domains"]) for name, info in quantizer_info.items()}
@@ -334,8 +362,11 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
             stats["quantizers"][name] = info
         for dom in sorted(pretrain + targets, key=lambda d: d.name):
             name = assignment[dom.name]
-            fitted = dom.name in fitted_on[name]
-            stats["domains"][dom.name] = _code_domain(cfg, out, dom, name, quantizers[name], fitted)
+            if dom.name in fitted_on[name]:  # fitted now, on this domain's training items
+                n_fit: int | None = int(dom.train_mask.sum())
+            else:
+                n_fit = _seen_at_fit(cfg, clean_dir, dom, quantizer_info[name])
+            stats["domains"][dom.name] = _code_domain(cfg, out, dom, name, quantizers[name], n_fit)
         config_doc = asdict(cfg)
         config_doc.update(
             meta,
