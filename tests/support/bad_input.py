@@ -237,6 +237,10 @@ def _mixed(folder: Path) -> list[Row]:
         ("[1, 2, 3]", "non_json_line", "bad_json"),
         ("null", "non_json_line", "bad_json"),
         ('{"asin": "tail", "title": "x"} trailing words', "non_json_line", "bad_json"),
+        # Two objects on one line: Spark parses the first and drops the second unseen, so
+        # the whole line is refused (its raw text in quarantine shows both).
+        (_meta("two1", "First") + _meta("two2", "Second"), "two_objects_line", "bad_json"),
+        (_meta("two3", "First") + " " + _meta("two4", "Second"), "two_objects_line", "bad_json"),
         ("{" + "x" * 1_000_000, "huge_line", "bad_json"),
         (_meta("tlist", ["Part one", "Part two"]), "wrong_type", "bad_field_type"),
         (_meta("tobj", {"en": "Title"}), "wrong_type", "bad_field_type"),
@@ -295,6 +299,8 @@ def _generic(folder: Path) -> list[Row]:
         ('{"user_id": "g01", "item_id": "a", "timest', "truncated_line", "unparseable_line"),
         ("user_id=g01 item_id=a", "non_json_line", "unparseable_line"),
         (_gen_event("g01", "a", T0) + " trailing", "non_json_line", "unparseable_line"),
+        (_gen_event("g01", "a", T0 + 1) + _gen_event("g02", "b", T0 + 2), "two_objects_line",
+         "unparseable_line"),  # fmt: skip
         ("[1, 2]", "non_json_line", "unparseable_line"),
         (b'{"user_id": "g\xff1", "item_id": "a", "timestamp": 1400000000}', "non_utf8",
          "bad_encoding"),

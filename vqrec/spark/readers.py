@@ -20,7 +20,8 @@ Every data row keeps ``source`` (file name) and ``line`` (1-based line in the fi
 Parquet, which has no lines), and gets a ``reason`` when it is rejected: nothing is
 dropped silently. Text formats are read with ``spark.read.text`` so that each line is seen
 raw (bad UTF-8 is detected on the bytes) and parsed in Spark SQL, not in Python.
-A JSON line must be one object (``{...}``, nothing after it), and its id, timestamp, rating,
+A JSON line must be one object (``{...}``, nothing after it, not two objects: the line
+is refused whole, never half-read), and its id, timestamp, rating,
 title and brand must be single values (a string, a number or a boolean): a list or an
 object there is ``bad_field_type``. Timestamps are unix seconds: digits only, or an
 ISO-8601 date(-time) string that starts with its date (``2014-05-13``,
@@ -201,10 +202,18 @@ def _json_schema(fields: list[str], scalars: list[str]) -> str:
 
 
 def _json_broken(value: Column) -> Column:
-    """The line is not one JSON object. Spark reads the first object of ``{...} trailing``
-    and ignores the rest, so the line must also end with the object's brace."""
+    """The line is not exactly one JSON object. Spark reads the first object of
+    ``{...} trailing`` or ``{...}{...}`` and ignores the rest, unseen: so the line must
+    also start and end with the object's braces and, wrapped in ``[...]``, be an array of
+    one value (two objects there are invalid JSON, or two values)."""
     text = F.trim(value)
-    return F.col("p._corrupt_record").isNotNull() | ~text.startswith("{") | ~text.endswith("}")
+    values = F.json_array_length(F.concat(F.lit("["), text, F.lit("]")))
+    return (
+        F.col("p._corrupt_record").isNotNull()
+        | ~text.startswith("{")
+        | ~text.endswith("}")
+        | (F.coalesce(values, F.lit(0)) != 1)
+    )
 
 
 def _json_nested(scalars: list[str]) -> Column:
