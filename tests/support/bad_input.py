@@ -359,6 +359,23 @@ def _all_bad(folder: Path) -> list[Row]:
     return ratings.write() + meta.write()
 
 
+def _split_ratings(folder: Path) -> list[Row]:
+    """Ratings split over several files the Amazon layout names alike: every one is read."""
+    d = folder.name
+    rows: list[Row] = []
+    parts = [f"{d}.csv", f"{d}_part2.csv.gz", f"{d}_part3.CSV"]
+    for part, users in zip(parts, (range(0, 3), range(3, 5), range(5, 6)), strict=True):
+        ratings = _File(d, folder / part)
+        for u in users:
+            for i in range(5):
+                ratings.event(f"s{i}", f"su{u}", T0 + 60 * (u * 5 + i), kind="valid_split_file")
+        rows += ratings.write()
+    meta = _File(d, folder / f"meta_{d}.json")
+    for i in range(5):
+        meta.add(_meta(f"s{i}", f"Split item {i}"), "valid_item", VALID, item=f"s{i}")
+    return rows + meta.write()
+
+
 # ---------------------------------------------------------------------------------------
 # Folder-level cases
 
@@ -421,6 +438,12 @@ def _folder_cases(root: Path) -> list[FolderCase]:
     cases.append(FolderCase("raw_path_is_a_file", ["--raw", str(a_file)], 2,
                             (str(a_file), "not a folder")))  # fmt: skip
 
+    stray = root / "StrayFile"
+    _valid_amazon(stray)
+    (stray / "ratings_backup.txt").write_text("i1,u1,5.0,1400000000\n")
+    message = (str(stray), "ratings_backup.txt", "not part of the Amazon layout")
+    cases.append(FolderCase("file_outside_the_layout", ["--raw", str(stray)], 2, message))
+
     missing = root / "Missing"
     cases.append(FolderCase("raw_path_missing", ["--raw", str(missing)], 2,
                             (str(missing), "does not exist")))  # fmt: skip
@@ -442,8 +465,10 @@ def build_corpus(root: Path) -> Corpus:
         "Mixed": rows_root / "Mixed",
         "Gen": rows_root / "Gen",
         "AllBad": rows_root / "AllBad",
+        "Split": rows_root / "Split",
     }
     rows = _mixed(domains["Mixed"])
+    rows += _split_ratings(domains["Split"])
     rows += _generic(domains["Gen"])
     rows += _all_bad(domains["AllBad"])
     folder_cases = _folder_cases(root / "folders")

@@ -4,9 +4,11 @@ A domain is a folder whose name is the domain id. Its files are looked for in ``
 when that sub-folder exists (the layout of ``../shared/data``), else in ``<folder>/`` itself;
 sub-folders other than ``raw/`` are never read. Inside that folder:
 
-* Amazon 2018 layout (``amazon``): interactions = every ``*.csv`` (``item,user,rating,timestamp``,
-  no header); items = every ``meta_*.json``, ``meta_*.json.gz``, ``meta_*.jsonl(.gz)`` (one
+* Amazon 2018 layout (``amazon``): interactions = every ``*.csv`` and ``*.csv.gz``
+  (``item,user,rating,timestamp``, no header; ``Games.csv``, ``Games_part2.csv.gz`` are
+  all read); items = every ``meta_*.json``, ``meta_*.json.gz``, ``meta_*.jsonl(.gz)`` (one
   JSON object per line: ``asin``, ``title``, ``category`` or ``categories``, ``brand``).
+  Any other file in the folder is refused by name (hidden files and ``_*`` markers aside).
 * generic layout (``generic``): interactions = ``interactions.parquet|.csv|.jsonl|.json``
   (``.gz`` allowed for the text formats; a folder ``interactions.parquet/`` of parts too)
   with ``user_id, item_id, timestamp`` (+ optional ``rating``); items = ``items.<same
@@ -77,6 +79,30 @@ def _generic_files(base: Path, stem: str) -> list[Path]:
     )
 
 
+RATINGS_SUFFIXES = (".csv", ".csv.gz")  # any case for .csv; gzip must end in ".gz"
+
+
+def _amazon_ratings(base: Path, metas: list[Path]) -> list[Path]:
+    """Every ratings file of an Amazon-layout folder (``*.csv``, ``*.csv.gz``: ``Games.csv``
+    and ``Games_part2.csv.gz`` alike). Any other file is refused by name: a file the layout
+    does not read would otherwise vanish from the counts without a word."""
+    events, unknown = [], []
+    for p in sorted(base.iterdir()):
+        if p in metas or p.name.startswith((".", "_")) or not p.is_file():
+            continue  # hidden files and markers (.DS_Store, _SUCCESS), sub-folders
+        name = p.name.lower()
+        if name.endswith(".csv") or p.name.endswith(".gz") and name.endswith(".csv.gz"):
+            events.append(p)
+        else:
+            unknown.append(p.name)
+    if unknown:
+        raise RawInputError(
+            f"{base}: file(s) {', '.join(unknown)} are not part of the Amazon layout (ratings "
+            "*.csv or *.csv.gz, items meta_*.json(l)(.gz)); move them out or rename them"
+        )
+    return events
+
+
 def discover(
     folder: Path, domain: str, layout: str = "auto", column_map: dict[str, str] | None = None
 ) -> DomainFiles:
@@ -110,7 +136,7 @@ def discover(
                 "(generic layout) file; see vqrec/spark/readers.py for the discovery rules"
             )
     if layout == "amazon":
-        events = sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(".csv"))
+        events = _amazon_ratings(base, metas)
         items = metas
         if not events:
             raise RawInputError(f"{base}: Amazon layout but no ratings *.csv file")
