@@ -32,6 +32,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 VALID = "valid"
 T0 = 1_400_000_000  # 2014-05-13: inside the clean stage's default timestamp bounds
 HUGE_TITLE_CHARS = 1_000_000
@@ -443,6 +446,31 @@ def _folder_cases(root: Path) -> list[FolderCase]:
     (stray / "ratings_backup.txt").write_text("i1,u1,5.0,1400000000\n")
     message = (str(stray), "ratings_backup.txt", "not part of the Amazon layout")
     cases.append(FolderCase("file_outside_the_layout", ["--raw", str(stray)], 2, message))
+
+    # A whole file misread one way: the run fails naming the file and the likely cause,
+    # instead of committing an empty domain with exit code 0.
+    quoted = root / "Quoted"
+    _valid_amazon(quoted)
+    ratings = quoted / "Quoted.csv"
+    lines = ratings.read_text().splitlines()
+    ratings.write_text("".join(",".join(f'"{v}"' for v in ln.split(",")) + "\n" for ln in lines))
+    message = ("Quoted/Quoted.csv", "100% of its 25 rows are bad_rating", "likely cause")
+    cases.append(FolderCase("whole_file_quoted", ["--raw", str(quoted)], 1, message))
+
+    millis = root / "Millis"
+    millis.mkdir()
+    pairs = [(u, i) for u in range(5) for i in range(5)]
+    events = [(f"u{u}", f"i{i}", (T0 + 60 * (u * 5 + i)) * 1000) for u, i in pairs]
+    pq.write_table(
+        pa.table({"user_id": [e[0] for e in events], "item_id": [e[1] for e in events],
+                  "timestamp": pa.array([e[2] for e in events], pa.int64())}),
+        millis / "interactions.parquet",
+    )  # fmt: skip
+    (millis / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": f"i{i}", "title": f"Item {i}"}) + "\n" for i in range(5))
+    )
+    message = ("Millis/interactions.parquet", "bad_timestamp", "not unix seconds")
+    cases.append(FolderCase("timestamps_in_milliseconds", ["--raw", str(millis)], 1, message))
 
     missing = root / "Missing"
     cases.append(FolderCase("raw_path_missing", ["--raw", str(missing)], 2,

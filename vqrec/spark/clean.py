@@ -84,6 +84,10 @@ class CleanConfig:
     min_rating: float = 0.0
     max_rating: float = 5.0
     driver_rows: int = 5_000_000  # finish the k-core on the driver below this many events
+    # A raw file (of at least MIN_ROWS_FOR_SHARE rows) whose rows fail one way at more than
+    # this share fails the run, naming the file and the likely cause: a whole domain lost to
+    # one misread column must not pass as a clean run. 1.0 turns the check off.
+    max_bad_share: float = 0.5
     move_current: bool = True  # False: a one-domain backfill, CURRENT stays where it is
 
     def validate(self) -> None:
@@ -97,6 +101,8 @@ class CleanConfig:
             raise ValueError("item_k and max_history must be >= 1")
         if self.layout not in {"auto", "amazon", "generic"}:
             raise ValueError(f"layout {self.layout!r}: use auto, amazon or generic")
+        if not 0.0 < self.max_bad_share <= 1.0:
+            raise ValueError(f"max_bad_share={self.max_bad_share}: use a share in (0, 1]")
         if not self.raw:
             raise ValueError("no raw domain folder given")
         if self.version is not None:
@@ -422,6 +428,9 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
             tables["quarantine"] = _quarantine(events, items)
             stats = _stats(events, items, accepted, kept, tables)
             phase("stats")
+            problems = mostly_bad_files(stats, config.max_bad_share)
+            if problems:
+                raise MostlyBadInput("; ".join(problems) + " (nothing committed)")
             for name in TABLES:
                 write_table(tables[name], out, name, domains)
                 phase(f"write_{name}")
@@ -443,6 +452,52 @@ def run_clean(spark: SparkSession, config: CleanConfig) -> dict[str, Any]:
     finally:
         for df in cached:
             df.unpersist()
+
+
+class MostlyBadInput(ValueError):
+    """Most rows of a raw file failed one way: the file is misread, not dirty."""
+
+
+MIN_ROWS_FOR_SHARE = 20
+# What usually makes most of a file fail one way (the message's "likely cause").
+LIKELY_CAUSE = {
+    "bad_rating": "the rating column is not a plain number (quoted fields? columns in "
+    "another order?)",
+    "bad_timestamp": "timestamps are not unix seconds (milliseconds? fractional? ISO with "
+    "another format?)",
+    "unparseable_line": "the lines are not in the layout's format (another delimiter? a "
+    "header line? a column map missing?)",
+    "bad_json": "the lines are not one JSON object each",
+    "unknown_item": "the ratings name items the meta files do not hold (the meta of "
+    "another domain?)",
+    "bad_encoding": "the file is not UTF-8",
+    "missing_field": "a required field is absent or empty (a column map missing?)",
+    "bad_field_type": "a field holds lists or objects",
+    "duplicate_event": "the file repeats rows (the same data twice?)",
+}
+
+
+def mostly_bad_files(stats: dict[str, Any], max_share: float) -> list[str]:
+    """One message per raw file (events and items) whose rows failed one way at more than
+    ``max_share``: domain, file, share, reason and its likely cause."""
+    problems = []
+    for table in ("events", "items"):
+        totals: dict[tuple[str, str], int] = {}
+        for r in stats[table]:
+            key = (r["domain"], r["source"])
+            totals[key] = totals.get(key, 0) + r["count"]
+        for r in stats[table]:
+            total = totals[(r["domain"], r["source"])]
+            if r["reason"] is None or total < MIN_ROWS_FOR_SHARE:
+                continue
+            share = r["count"] / total
+            if share > max_share:
+                cause = LIKELY_CAUSE.get(r["reason"], "see the quarantine table")
+                problems.append(
+                    f"{r['domain']}/{r['source']}: {share:.0%} of its {total} rows are "
+                    f"{r['reason']}; likely cause: {cause}"
+                )
+    return sorted(problems)
 
 
 def _quarantine(events: DataFrame, items: DataFrame) -> DataFrame:
@@ -605,6 +660,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     p.add_argument("--collapse-whitespace", action="store_true")
     p.add_argument("--column-map", type=_column_map, default={}, help="user_id=reviewerID,...")
     p.add_argument("--max-ts", type=int, default=None, help="latest valid unix ts (default now+1d)")
+    p.add_argument("--max-bad-share", type=float, default=0.5,
+                   help="fail when one reason refuses more than this share of a file's rows "
+                   "(default 0.5; 1.0: never)")  # fmt: skip
     p.add_argument("--master", default=None, help="Spark master (default local[2])")
     p.add_argument("--no-move-current", dest="move_current", action="store_false",
                    help="commit without moving CURRENT (a one-domain backfill)")  # fmt: skip
@@ -627,6 +685,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
         max_history=args.max_history,
         max_text_chars=args.max_text_chars,
         move_current=args.move_current,
+        max_bad_share=args.max_bad_share,
         collapse_whitespace=args.collapse_whitespace,
         column_map=args.column_map,
         max_ts=args.max_ts,
@@ -683,6 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_session("vqrec-clean", master)
     try:
         result = run_clean(spark, config)
+    except MostlyBadInput as err:
+        print(f"vqrec clean: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, RawInputError) as err:
         print(f"vqrec clean: error: {err}", file=sys.stderr)
         return 2
