@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -80,7 +81,26 @@ def test_killed_writer_is_invisible_and_swept(lake, tmp_path):
     assert proc.returncode == -9
     assert list((lake / "clean").glob(".tmp-v2-*")), "the killed writer left its temp folder"
     assert resolve_version(lake, "clean").name == "v1"
-    sweep_temp(lake / "clean")
+
+    # A live writer (paused mid-write in its own process) keeps its temp folder through
+    # another commit of the stage; the killed one's is swept by that commit.
+    live = subprocess.Popen([sys.executable, "-c", script.replace("os.kill(os.getpid(), 9)",
+                             "time.sleep(600)").replace('"v2"', '"v3"')])  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not list((lake / "clean").glob(".tmp-v3-*/data.txt")) and time.time() < deadline:
+            time.sleep(0.2)
+        with staged_version(lake, "clean", "v4") as out:
+            (out / "data.txt").write_text("four")
+        assert not list((lake / "clean").glob(".tmp-v2-*")), "killed writer's folder swept"
+        assert list((lake / "clean").glob(".tmp-v3-*")), "live writer's folder kept"
+        assert sorted(p.name for p in resolve_version(lake, "clean").iterdir()) == [
+            "_SUCCESS", "data.txt"
+        ]  # fmt: skip
+    finally:
+        live.kill()
+        live.wait()
+    assert sweep_temp(lake / "clean")  # now its writer is gone too
     assert not list((lake / "clean").glob(".tmp-*"))
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -100,11 +101,41 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def sweep_temp(stage_dir: Path) -> None:
-    """Remove temp folders left by killed runs of a stage."""
+OWNER = ".owner"  # in a temp folder: "<host> <pid>" of its writer (removed at the commit)
+STALE_AFTER_S = 24 * 3600  # a temp folder of another host (or without owner) this old: swept
+
+
+def _abandoned(tmp: Path) -> bool:
+    """No live writer owns ``tmp``: its writer on this host is gone, or it is older than
+    :data:`STALE_AFTER_S` (another host's writer, whose process this host cannot see)."""
+    try:
+        host, pid = (tmp / OWNER).read_text().split()
+    except (OSError, ValueError):
+        host, pid = "", "0"
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def sweep_temp(stage_dir: Path) -> list[Path]:
+    """Remove the temp folders (``.tmp-*``) of killed writers in ``stage_dir``; a folder
+    a live writer still owns is left alone. Every commit sweeps its own parent first."""
+    removed = []
     if stage_dir.is_dir():
         for p in stage_dir.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and _abandoned(p):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -114,11 +145,14 @@ def _staged_folder(
     """Yield ``parent/.tmp-<name>-*``; on success write ``_SUCCESS`` last, then rename it to
     ``parent/<name>`` (replacing an existing one whole); on failure remove it."""
     parent.mkdir(parents=True, exist_ok=True)
+    sweep_temp(parent)
     tmp = parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     meta = metadata if metadata is not None else {}
     try:
         yield tmp
+        (tmp / OWNER).unlink()
         meta.update({**fields, "committed_at": time.time()})
         (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         final = parent / name
