@@ -249,7 +249,7 @@ def test_incremental_nightly_keeps_backbone_and_codes_and_warm_starts(nightly_wo
     lake, env, base = (nightly_world[k] for k in ("lake", "env", "base"))
     refreshed = version_for(f"{DATE}T00:00:00+00:00", "")
     day2 = "2026-11-21"
-    _run([str(VENV_BIN / "airflow"), "dags", "test", "vqrec_nightly", day2], env, base / "n2.log")
+    _run([str(VENV_BIN / "airflow"), "dags", "test", "vqrec_nightly", day2], env, base / "day2.log")
     version = version_for(f"{day2}T00:00:00+00:00", "")
 
     def same_bytes(stage: str, path: str) -> bool:
