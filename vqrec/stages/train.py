@@ -52,6 +52,17 @@ def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
     return lake / "checkpoints" / version / validate_name(part, "part") / "last.pt"
 
 
+def _drop_checkpoint(checkpoint: Path) -> None:
+    """After the commit: the part's checkpoint folder, then its version's and the
+    checkpoints folder when nothing else is left in them (a parallel part may still be)."""
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    for folder in (checkpoint.parent.parent, checkpoint.parent.parent.parent):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+
+
 def _copy_into(out: Path, source: Path, names: list[str]) -> None:
     for name in names:
         src = source / name
@@ -120,7 +131,7 @@ def pretrain_to_lake(
         if existing.is_dir():
             _copy_into(out, existing, ["domains"])
         write_backbone(out, result, info)
-    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    _drop_checkpoint(checkpoint)
     return result
 
 
@@ -196,7 +207,7 @@ def finetune_to_lake(
                 _copy_into(out, backbone_dir, ["backbone"])
     with staged_part(lake, "models", version, f"domains/{domain}") as out:
         write_domain_part(out, domain, result, info)
-    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    _drop_checkpoint(checkpoint)
     return result
 
 
