@@ -10,9 +10,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]" -c constraints.txt
+  # pip's notes (ignored find-links locations, setuptools' editable-install banner) go to a
+  # log, not the terminal; a failure shows its tail.
+  log=.venv/install.log
+  echo "installing the project into .venv (a few minutes the first time; log: $log)"
+  if ! {
+    .venv/bin/pip install -q --upgrade pip &&
+      .venv/bin/pip install -q "torch==2.13.0" &&
+      .venv/bin/pip install -q -e ".[dev]" -c constraints.txt
+  } > "$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "setup_venv: pip install failed (full log: $log)" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -198,6 +198,30 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
 
 
 @pytest.mark.slow
+def test_progress_lines_from_the_nightly_log(nightly_world):
+    """What infra/main.sh prints while the DAG runs: a line per task start and end, with
+    its wall time and key figure, read from the run's real log and lake."""
+    import io
+
+    from vqrec.devtools.progress import report
+
+    lake, base = nightly_world["lake"], nightly_world["base"]
+    out = io.StringIO()
+    lines = (base / "n1.log").read_text().splitlines()
+    assert report(iter(lines), lake, out) == 0
+    printed = out.getvalue().splitlines()
+    tasks = ("plan", "clean", "encode", "codes", "pretrain", "evaluate", "register", "recommend")
+    for task in tasks:
+        assert f"  > {task} ..." in printed, task
+        assert any(p.startswith(f"  ok {task} ") for p in printed), task
+    assert any(p.startswith("  ok finetune[2] ") for p in printed)
+    figures = {p.split()[1]: p for p in printed if p.startswith("  ok ")}
+    assert "3 domains" in figures["clean"] and "rows kept" in figures["clean"]
+    assert "unique-code share Arts" in figures["codes"]
+    assert "best valid NDCG@10" in figures["pretrain"]
+
+
+@pytest.mark.slow
 def test_same_date_twice_is_idempotent(nightly_world):
     from vqrec.orchestration.pipeline import version_for
 
