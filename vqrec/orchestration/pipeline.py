@@ -377,6 +377,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
             backbone_version=p.backbone_version or p.version,
             clean_version=p.version,
             codes_version=p.version,
+            embeddings_version=p.version,  # the matched alignment reads the item texts
             resume=True,
             move_current=p.move_current,
             warm_start_version=warm,
