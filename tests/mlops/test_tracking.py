@@ -192,3 +192,28 @@ def _assert_png(client: MlflowClient, run_id: str, path: str) -> None:
     image = matplotlib.image.imread(local)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert image.std() > 0.01  # something is drawn, not a blank canvas
+
+
+def test_the_parent_run_summarises_the_night(lake):
+    """Named after the run, the plan as params (a second call adds none twice), and at the
+    end the night's figures, decisions and each stage's wall time."""
+    parent = tracking.start_pipeline_run(
+        lake, "nightly-9", run_name="nightly d20261121T000000 (incremental)",
+        params={"cadence": "incremental", "domains": "A,B"},
+    )  # fmt: skip
+    assert tracking.start_pipeline_run(lake, "nightly-9", params={"cadence": "incremental"}) == (
+        parent
+    )
+    with tracking.stage_run(lake, "nightly-9", "codes"):
+        pass
+    assert len(tracking.stage_runs(lake, "nightly-9", "codes")) == 1
+    assert tracking.stage_runs(lake, "nightly-9", "clean") == []
+    tracking.summarize_pipeline_run(
+        lake, "nightly-9", {"A.test_ndcg@10": 0.25}, {"vqrec.promotion.A": "v2 promoted"}
+    )
+    run = MlflowClient(tracking.tracking_uri(lake)).get_run(parent)
+    assert run.info.run_name == "nightly d20261121T000000 (incremental)"
+    assert run.data.params == {"cadence": "incremental", "domains": "A,B"}
+    assert run.data.metrics["A.test_ndcg_at_10"] == 0.25
+    assert run.data.metrics["wall_s.codes"] >= 0
+    assert run.data.tags["vqrec.promotion.A"] == "v2 promoted"

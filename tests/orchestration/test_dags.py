@@ -195,6 +195,23 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
         recs = pq.read_table(lake / "recommendations" / version / f"domain={domain}")
         assert recs.num_rows == 10 * len(data.splits["test"]), domain
         assert set(recs.column("model_version").to_pylist()) == {"1"}
+    # MLflow: the night's parent run is named after it, summarises it, and every stage
+    # (the Spark ones too) is a child run.
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("vqrec").experiment_id],
+        filter_string=f"tags.`vqrec.stage` = 'pipeline' and params.version = '{version}'",
+    )
+    assert parent.info.run_name == f"nightly {version} (refresh)"
+    assert parent.data.params["cadence"] == "refresh"
+    assert parent.data.tags["vqrec.promotion.Arts"] == "v1 promoted"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    stages = {c.data.tags["vqrec.stage"] for c in children}
+    assert {"clean", "encode", "codes", "pretrain", "finetune-Arts", "finetune-Kitchen"} <= stages
+    for domain in ("Arts", "Garden", "Kitchen"):
+        assert parent.data.metrics[f"{domain}.test_ndcg_at_10"] > 0, domain
+    assert parent.data.metrics["wall_s.pretrain"] > 0
 
 
 @pytest.mark.slow

@@ -219,12 +219,15 @@ def start_pipeline_run(
     data_versions: Mapping[str, str] | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> str:
     """Get or create the parent run of a pipeline run; return its MLflow run id.
 
     Idempotent: a second call with the same ``pipeline_run_id`` (an Airflow retry, the next
-    task of the same DAG run) returns the same parent and only adds tags. The parent stays
-    RUNNING until :func:`end_pipeline_run`.
+    task of the same DAG run) returns the same parent and only adds tags (and params not
+    logged yet). ``run_name`` names a new parent (default ``pipeline-<id>``). The parent
+    stays RUNNING until :func:`end_pipeline_run`.
     """
     experiment_id = setup_tracking(lake, experiment)
     client = MlflowClient()
@@ -241,13 +244,70 @@ def start_pipeline_run(
         all_tags["mlflow.source.git.commit"] = commit
     run_id = _find_parent(client, experiment_id, pipeline_run_id)
     if run_id is None:
-        run = client.create_run(
-            experiment_id, run_name=f"pipeline-{pipeline_run_id}", tags=all_tags
-        )
-        run_id = run.info.run_id
+        name = run_name or f"pipeline-{pipeline_run_id}"
+        run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
     else:
         for key, value in all_tags.items():
             client.set_tag(run_id, key, value)
+    if params:
+        logged = client.get_run(run_id).data.params
+        new = {k: v for k, v in flatten_params(params).items() if k not in logged}
+        for key, value in new.items():
+            client.log_param(run_id, key, value)
+    return run_id
+
+
+def stage_runs(
+    lake: str | os.PathLike[str] | None,
+    pipeline_run_id: str,
+    stage: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> list[Any]:
+    """The child runs of ``stage`` already logged under the pipeline run (a retry's check)."""
+    experiment_id = setup_tracking(lake, experiment)
+    escaped = pipeline_run_id.replace("'", "\\'")
+    return MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{escaped}' and tags.`{TAG_STAGE}` = '{stage}'",
+    )
+
+
+def log_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers of ``values`` on the active run, keys made MLflow-safe; returns what was logged."""
+    logged = {mlflow_key(k): float(v) for k, v in values.items() if _is_number(v)}
+    if logged:
+        mlflow.log_metrics(logged)
+    return logged
+
+
+def summarize_pipeline_run(
+    lake: str | os.PathLike[str] | None,
+    pipeline_run_id: str,
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> str | None:
+    """The night on its parent run: ``metrics`` and ``tags`` as given, plus each stage
+    child's wall time (``wall_s.<stage>``, from its start and end)."""
+    experiment_id = setup_tracking(lake, experiment)
+    client = MlflowClient()
+    run_id = _find_parent(client, experiment_id, pipeline_run_id)
+    if run_id is None:
+        return None
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    walls = {}
+    for child in children:
+        info = child.info
+        if info.end_time and info.start_time:
+            stage = child.data.tags.get(TAG_STAGE, info.run_name)
+            walls[f"wall_s.{stage}"] = (info.end_time - info.start_time) / 1000.0
+    values = {mlflow_key(k): float(v) for k, v in {**metrics, **walls}.items() if _is_number(v)}
+    for key, value in values.items():
+        client.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
     return run_id
 
 

@@ -230,6 +230,58 @@ def _data_versions(plan: RunPlan) -> dict[str, str]:
     return {stage: plan.version for stage in ("clean", "embeddings", "codes", "models")}
 
 
+def _stage_run(plan: RunPlan, stage: str, domain: str | None = None):
+    """The MLflow child run of one stage, under the run's parent: the parent is named after
+    the run (``nightly d20261120T000000 (incremental)``) and carries the plan as params."""
+    from vqrec.mlops import tracking
+
+    kind = "new domain" if plan.cadence == "backfill" else "nightly"
+    tracking.start_pipeline_run(
+        plan.lake,
+        plan.run_id or plan.version,
+        logical_date=plan.logical_date,
+        data_versions=_data_versions(plan),
+        run_name=f"{kind} {plan.version} ({plan.cadence})",
+        params={
+            "version": plan.version,
+            "cadence": plan.cadence,
+            "cadence_reason": plan.cadence_reason,
+            "domains": ",".join(plan.domains),
+            "pretrain_domains": ",".join(plan.pretrain_domains),
+            "target_domains": ",".join(plan.target_domains),
+            "code_strategy": plan.code_strategy,
+            "backbone_version": plan.backbone_version or plan.version,
+        },
+    )
+    return tracking.stage_run(
+        plan.lake,
+        plan.run_id or plan.version,
+        stage,
+        domain=domain,
+        data_versions=_data_versions(plan),
+    )
+
+
+def log_data_stages(plan: RunPlan) -> None:
+    """Child runs ``clean`` and ``encode`` of the run (their Spark jobs log nothing to
+    MLflow): per-domain row counts and the quality reports; items encoded and reused."""
+    from vqrec.mlops import tracking
+
+    if tracking.stage_runs(plan.lake, plan.run_id or plan.version, "clean"):
+        return  # a retried codes task: logged already
+    clean = resolve_version(plan.lake, "clean", plan.version)
+    with _stage_run(plan, "clean"):
+        for domain, counts in read_success(clean).get("domains", {}).items():
+            tracking.log_quality_report(clean, domain)
+            tracking.log_metrics({f"{domain}.{k}": v for k, v in counts.items()})
+    embeddings = resolve_version(plan.lake, "embeddings", plan.version)
+    meta = read_success(embeddings)
+    with _stage_run(plan, "encode"):
+        keys = ("items", "unique_texts", "encoded", "reused", "encode_seconds")
+        tracking.log_metrics({k: meta[k] for k in keys if k in meta})
+        tracking.log_params({"encoder": meta.get("encoder")})
+
+
 def clean_assets(plan: RunPlan | dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(URI ``vqrec://clean/<domain>``, extra) of each cleaned domain of the run.
 
@@ -272,9 +324,8 @@ def _code_stage(
         frozen_from=frozen_from,
         move_current=p.move_current,
     )
-    with tracking.stage_run(
-        p.lake, p.run_id or p.version, "codes", data_versions=_data_versions(p)
-    ):
+    log_data_stages(p)
+    with _stage_run(p, "codes"):
         result = run_codes(config)
         tracking.log_params(config, prefix="codes.")
         tracking.log_codes(resolve_version(p.lake, "codes", p.version))
@@ -327,9 +378,7 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
         log.info("incremental run: no pre-training, the champion backbone is kept")
         return {"version": p.backbone_version, "skipped": p.cadence_reason}
     cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
-    with tracking.stage_run(
-        p.lake, p.run_id or p.version, "pretrain", data_versions=_data_versions(p)
-    ):
+    with _stage_run(p, "pretrain"):
         tracking.log_params({"train": cfg, "model": model_cfg})
         pretrain_to_lake(
             p.lake,
@@ -360,13 +409,7 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     )
     if warm:
         cfg = _incremental_config(p, cfg)
-    with tracking.stage_run(
-        p.lake,
-        p.run_id or p.version,
-        f"finetune-{domain}",
-        domain=domain,
-        data_versions=_data_versions(p),
-    ):
+    with _stage_run(p, f"finetune-{domain}", domain):
         tracking.log_params({"train": cfg, "model": model_cfg})
         finetune_to_lake(
             p.lake,
@@ -483,8 +526,32 @@ def register_run(
             out["backbone"] = result
         else:
             out["domains"][domain] = result
+    tracking.summarize_pipeline_run(p.lake, key, *_night_summary(summary, out))
     tracking.end_pipeline_run(p.lake, key, status="FAILED" if summary.get("failed") else "FINISHED")
     return out
+
+
+def _night_summary(
+    summary: dict[str, Any], registered: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) of the parent run: each domain's test figures, each registration's
+    decision, the failed domains and the drift verdict."""
+    metrics = {
+        f"{domain}.test_{name}": value
+        for domain, test in summary["domains"].items()
+        for name, value in test.items()
+    }
+    tags = {"vqrec.failed_domains": ",".join(summary.get("failed", [])) or "none"}
+    results = dict(registered["domains"])
+    if "backbone" in registered:
+        results["backbone"] = registered["backbone"]
+    for name, result in results.items():
+        decision = result.get("promotion") or {}
+        verdict = "promoted" if decision.get("promoted") else "champion kept"
+        tags[f"vqrec.promotion.{name}"] = f"v{result.get('version')} {verdict}"
+    if "drift" in summary:
+        tags["vqrec.refresh_recommended"] = str(summary["drift"]["refresh_recommended"]).lower()
+    return metrics, tags
 
 
 # ---------------------------------------------------------------------------------------------
