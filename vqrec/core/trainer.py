@@ -439,6 +439,12 @@ class Loop:
             self.bad_epochs += 1
         if log and self.rank == 0:
             valid = format_metrics(entry["valid"]) if entry.get("valid") else ""
+            if len(self.history) == 1:
+                print(
+                    f"(one line per epoch; * = best valid {EARLY_STOP_METRIC} so far, the model "
+                    f"kept; stops after {self.cfg.patience} epochs without one)",
+                    file=sys.stderr,
+                )
             print(
                 f"[{entry['phase']} {entry['epoch']}] loss {entry['loss']:.4f} "
                 f"{entry['seq_per_s']:.0f} seq/s  valid {valid}{'  *' if improved else ''}",
