@@ -539,3 +539,20 @@ def test_real_scientific_items_strict_codes(lake: Path) -> None:
     codes = np.array(_read_codes(out, "Scientific").column("code").to_pylist(), dtype=np.int16)
     unseen = np.array(sorted(set(range(1, keep + 1)) - strict)) - 1
     assert np.array_equal(code_new_items(out, "Scientific", vectors[unseen]), codes[unseen])
+
+
+def test_a_target_too_small_for_its_own_quantizer_fails_before_any_fit(
+    tiny_lake: tuple[Path, dict], caplog: pytest.LogCaptureFixture
+) -> None:
+    lake, _ = tiny_lake
+    # 128 centroids: the two pre-training domains together have enough training items,
+    # gamma alone (< 120) has not; nothing is fitted before that is known.
+    cfg = CodesConfig(
+        pretrain_domains=("alpha", "beta"), target_domains=("gamma",), lake=str(lake),
+        version="too-small", code_dim=8, bits=7, niter=4,
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="vqrec.quantize"):
+        with pytest.raises(ValueError, match=r"quantizer 'gamma': too few training points"):
+            run_codes(cfg)
+    assert not [r for r in caplog.records if "fitting quantizer" in r.getMessage()]
+    assert not (lake / "codes" / "too-small").exists()

@@ -126,7 +126,7 @@ def fit_quantizer(
     """
     x = _check_embeddings(x)
     d = x.shape[1]
-    code_dim, bits = _check_fit_shape(x.shape[0], d, code_dim, bits)
+    code_dim, bits = check_fit_shape(x.shape[0], d, code_dim, bits)
     index = faiss.index_factory(
         d, factory_string(code_dim, bits, normalize), faiss.METRIC_INNER_PRODUCT
     )
@@ -158,7 +158,7 @@ def fit_quantizer(
     return index
 
 
-def _check_fit_shape(n: int, d: int, code_dim: int, bits: int) -> tuple[int, int]:
+def check_fit_shape(n: int, d: int, code_dim: int, bits: int) -> tuple[int, int]:
     """``(code_dim, bits)`` as ints, or a ValueError saying what to change: faiss itself
     aborts or segfaults on several of these shapes instead of raising."""
     if not isinstance(code_dim, numbers.Integral) or code_dim < 1:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, STRATEGIES, check_strategy
 from vqrec.core.quantizer import (
     assign_codes,
+    check_fit_shape,
     code_stats,
     factory_string,
     fit_quantizer,
@@ -266,6 +267,19 @@ def _quantizers(
         else:
             raise LakeError(f"codes version {frozen_dir} has no quantizer {name!r} to reuse")
 
+    # Every quantizer to fit is checked before any is fitted: a target domain too small for
+    # its own OPQ must fail in a second, not after the pre-training quantizer's minutes.
+    to_fit = [(PRETRAIN, pretrain)] if pretrain else []
+    to_fit += [(d.name, [d]) for d in targets if cfg.strategy == "domain"]
+    d = next(iter(dims.values()))
+    for name, domains in to_fit:
+        held = frozen_dir is not None and (frozen_dir / "quantizers" / f"{name}.faiss").is_file()
+        if not held:
+            n = int(sum(dom.train_mask.sum() for dom in domains))
+            try:
+                check_fit_shape(n, d, cfg.code_dim, cfg.bits)
+            except ValueError as err:
+                raise ValueError(f"quantizer {name!r}: {err}") from None
     if pretrain or (targets and cfg.strategy == "shared"):
         get_quantizer(PRETRAIN, pretrain)
     assignment = {d.name: PRETRAIN for d in pretrain}
