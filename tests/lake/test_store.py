@@ -141,3 +141,61 @@ def test_parts_commit_independently(lake):
     with pytest.raises(ValueError, match="invalid part"):
         with staged_part(lake, "models", "v1", "domains/../x"):
             pass
+
+
+def test_many_writers_of_one_version_at_the_same_moment_all_commit(lake):
+    """Two runs of one date race for its version: every writer commits (the last one wins,
+    whole), none fails on the rename (the race once raised OSError 39 for some)."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from vqrec.lake.store import staged_version
+        start = float(sys.argv[1])
+        for round in range(10):  # ten times, all writers commit at the same moment
+            with staged_version({str(lake)!r}, "codes", "v1") as out:
+                for i in range(20):
+                    (out / f"part-{{i}}.txt").write_text(str(os.getpid()))
+                time.sleep(max(0.0, start + 0.5 * round - time.time()))
+        """
+    )
+    start = str(time.time() + 5)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stderr=subprocess.PIPE)
+             for _ in range(24)]  # fmt: skip
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 24, [e for e in errors if e][:1]
+    final = resolve_version(lake, "codes", "v1")
+    writers = {(final / f"part-{i}.txt").read_text() for i in range(20)}
+    assert len(writers) == 1  # one writer's output, whole, never a mix
+    assert sorted(p.name for p in final.iterdir()) == sorted(
+        ["_SUCCESS", *(f"part-{i}.txt" for i in range(20))]
+    )
+    assert not list((lake / "codes").glob(".tmp-*"))
+
+
+def test_a_writer_that_loses_the_race_for_the_rename_still_commits(lake, monkeypatch):
+    """The exact interleaving: between our look (no such version) and our rename, another
+    process commits the same version (a real commit, run right there). The rename finds
+    the name taken; the commit must look again and replace it whole, not raise."""
+    import vqrec.lake.store as store
+
+    other = textwrap.dedent(
+        f"""
+        from vqrec.lake.store import staged_version
+        with staged_version({str(lake)!r}, "codes", "v1") as out:
+            (out / "data.txt").write_text("the other writer")
+        """
+    )
+    real_rename = os.rename
+    raced = []
+
+    def rename_after_the_other_commits(src, dst, *args, **kwargs):
+        if str(dst).endswith("/codes/v1") and not raced:
+            raced.append(subprocess.run([sys.executable, "-c", other], check=True))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "rename", rename_after_the_other_commits)
+    with staged_version(lake, "codes", "v1") as out:
+        (out / "data.txt").write_text("ours")
+    assert raced, "the other writer committed in the window"
+    assert (resolve_version(lake, "codes", "v1") / "data.txt").read_text() == "ours"
+    assert not list((lake / "codes").glob(".tmp-*"))

@@ -156,22 +156,58 @@ def _staged_folder(
         meta.update({**fields, "committed_at": time.time()})
         (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         final = parent / name
-        if not final.exists():
-            os.rename(tmp, final)
-        elif _exchange(tmp, final):
-            # One atomic swap: a kill at any point leaves a complete ``final``, old or new;
-            # the old one now sits under the hidden temp name, which readers never see.
-            shutil.rmtree(tmp, ignore_errors=True)
+        # Another writer of the same version may commit between our look and our rename
+        # (two runs of one date): then look again; the last commit wins, whole.
+        for _ in range(_COMMIT_TRIES):
+            if _place(tmp, final):
+                break
         else:
-            # No atomic swap on this file system: two renames, with a short window in which
-            # ``final`` is missing (a kill there leaves the old version in ``.tmp-old-*``).
-            trash = parent / f".tmp-old-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            raise OSError(f"could not commit {final}: other writers kept replacing it")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_COMMIT_TRIES = 20
+_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # rename onto a folder another writer just made
+
+
+def _place(tmp: Path, final: Path) -> bool:
+    """One attempt to move the finished ``tmp`` to ``final``; False when another writer
+    committed or replaced ``final`` in between (the caller tries again)."""
+    if not final.exists():
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError as err:
+            if err.errno in _TAKEN:
+                return False
+            raise
+    try:
+        swapped = _exchange(tmp, final)
+    except FileNotFoundError:  # ``final`` was just moved away by another writer
+        return False
+    if swapped:
+        # One atomic swap: a kill at any point leaves a complete ``final``, old or new;
+        # the old one now sits under the hidden temp name, which readers never see.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    # No atomic swap on this file system: two renames, with a short window in which
+    # ``final`` is missing (a kill there leaves the old version in ``.tmp-old-*``).
+    trash = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(final, trash)
+    except FileNotFoundError:
+        return False
+    try:
+        os.rename(tmp, final)
+    except OSError as err:
+        if err.errno not in _TAKEN:
+            raise
+        shutil.rmtree(trash, ignore_errors=True)  # another writer's version is in place
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 @contextlib.contextmanager
