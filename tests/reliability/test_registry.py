@@ -166,8 +166,17 @@ def test_killed_registration_leaves_the_old_champion_serving(models, lake, tmp_p
     champion_still_serves()
     assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
 
-    # 2. Killed after the better model is registered (every artifact and tag logged) but
-    # before the gate ran: it is only the challenger, the champion has not moved.
+    # 2. Killed the moment MLflow created the version (before it became the challenger):
+    # the version was created with its identity tags, so the rerun adopts it below
+    # instead of registering another (it once stayed READY without tags, an orphan).
+    paused = start_paused(argv, [("call", "vqrec.mlops.registry:_announce")], tmp_path)
+    assert kill(paused) == -9
+    champion_still_serves()
+    (orphan,) = [v for v in client.search_model_versions(f"name='{NAME}'") if str(v.version) != "1"]
+    assert orphan.tags[registry.TAG_MODEL_VERSION] == "trained"
+
+    # 3. Killed after the better model is the challenger but before the gate ran: the
+    # champion has not moved.
     paused = start_paused(argv, [("call", "vqrec.mlops.registry:promote")], tmp_path)
     assert kill(paused) == -9
     champion_still_serves()
@@ -175,7 +184,8 @@ def test_killed_registration_leaves_the_old_champion_serving(models, lake, tmp_p
     assert challenger.tags[registry.TAG_MODEL_VERSION] == "trained"
     assert registry.TAG_DECISION not in challenger.tags
 
-    # 3. The rerun finds that complete version, runs the gate, and promotes it.
+    # 4. The rerun finds that complete version, runs the gate, and promotes it.
+    assert str(challenger.version) == str(orphan.version)
     run_cli(argv, tmp_path)
     assert _champion(client) == str(challenger.version)
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2

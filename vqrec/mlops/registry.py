@@ -432,7 +432,8 @@ def register_bundle(
     if existing is not None:
         if existing.tags.get(TAG_DECISION):
             decision = _recorded_decision(existing)
-        else:  # registered, but the promotion step never ran (a killed task): run it now
+        else:  # registered, but the gate never ran (a killed task): adopt it, run it now
+            _announce(client, name, str(existing.version), info)
             decision = promote(client, name, existing.version, metric, tolerance)
         version = str(existing.version)
         return {"name": name, "version": version, "reused": True, "promotion": decision}
@@ -459,7 +460,6 @@ def register_bundle(
                 tracking.log_quality_report(clean_dir, info["domain"])
             except LakeError as exc:
                 log.warning("no quality report logged: %s", exc)
-        version = _log_pyfunc(name, bundle)
         tags = {
             TAG_MODEL_VERSION: info["model_version"],
             TAG_CONTENT: info["content_sha1"],
@@ -470,18 +470,24 @@ def register_bundle(
         commit = tracking.git_commit()
         if commit:
             tags[tracking.TAG_GIT_COMMIT] = commit
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        client.update_registered_model(name, description=_model_description(name, info))
+        version = _log_pyfunc(name, bundle, tags)
+        _announce(client, name, version, info)
         decision = promote(client, name, version, metric, tolerance)
         mlflow.set_tag("vqrec.registered_version", version)
     return {"name": name, "version": version, "reused": False, "promotion": decision}
 
 
-def _log_pyfunc(name: str, bundle: Bundle) -> str:
-    """Log ``bundle`` as a pyfunc on the active run and register it as a new version of
-    ``name``; returns that version. Only :data:`SERVING_CODE` travels in ``code_paths``."""
+def _announce(client: MlflowClient, name: str, version: str, info: dict[str, Any]) -> None:
+    """A registered version becomes ``challenger``; the model's description is refreshed."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.update_registered_model(name, description=_model_description(name, info))
+
+
+def _log_pyfunc(name: str, bundle: Bundle, tags: dict[str, str]) -> str:
+    """Log ``bundle`` as a pyfunc on the active run, then register it as a new version of
+    ``name`` *with* ``tags`` (one call: a kill can never leave a version without the tags
+    that let the rerun find it again); returns that version. Only :data:`SERVING_CODE`
+    travels in ``code_paths``."""
     with tempfile.TemporaryDirectory() as code_dir:
         code = serving_code(Path(code_dir))
         model_info = mlflow.pyfunc.log_model(
@@ -492,11 +498,10 @@ def _log_pyfunc(name: str, bundle: Bundle) -> str:
             code_paths=[str(code)],
             signature=signature(),
             input_example=bundle.input_example,
-            registered_model_name=name,
             # Given, not inferred: inference would import and profile the model (slow).
             pip_requirements=_requirements(),
         )
-    return str(model_info.registered_model_version)
+    return str(mlflow.register_model(model_info.model_uri, name, tags=tags).version)
 
 
 def _model_description(name: str, info: dict[str, Any]) -> str:
