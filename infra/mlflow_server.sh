@@ -2,7 +2,8 @@
 # The MLflow UI + REST server over the lake's tracking store (the default one that the
 # pipeline writes: sqlite:///<lake>/mlflow/mlflow.db, artifacts in <lake>/mlflow/artifacts).
 #   bash infra/mlflow_server.sh [port]        (lake: $VQREC_LAKE or ./var/lake)
-# One worker (~0.8 GB RSS instead of ~1.6 GB); ready after ~20 s (curl localhost:PORT/health).
+# One worker (about half the memory of MLflow's default); it is ready when
+# `curl localhost:PORT/health` answers OK (seconds on a quiet machine, longer on a busy one).
 # Production: point MLFLOW_TRACKING_URI of the pipeline at a shared server that uses
 # --artifacts-destination instead (artifacts proxied over HTTP).
 set -euo pipefail
