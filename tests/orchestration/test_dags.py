@@ -212,6 +212,11 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
     for domain in ("Arts", "Garden", "Kitchen"):
         assert parent.data.metrics[f"{domain}.test_ndcg_at_10"] > 0, domain
     assert parent.data.metrics["wall_s.pretrain"] > 0
+    # The codes run plots every domain, one without collisions (Kitchen's) too.
+    (codes_run,) = [c for c in children if c.data.tags["vqrec.stage"] == "codes"]
+    plots = {a.path for a in client.list_artifacts(codes_run.info.run_id, "plots")}
+    for domain in ("Arts", "Garden", "Kitchen"):
+        assert {f"plots/code_usage_{domain}.png", f"plots/collisions_{domain}.png"} <= plots
 
 
 @pytest.mark.slow

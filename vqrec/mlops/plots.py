@@ -92,9 +92,13 @@ def plot_collision_histogram(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = sorted(sizes)
-    ax.bar([str(x) for x in xs], [sizes[x] for x in xs], color="tab:orange")
     ax.set(title=title, xlabel="items sharing one code", ylabel="codes")
-    ax.set_yscale("log")
+    if xs:
+        ax.bar([str(x) for x in xs], [sizes[x] for x in xs], color="tab:orange")
+        ax.set_yscale("log")
+    else:  # a domain whose every item has a code of its own still gets its plot
+        ax.text(0.5, 0.5, "no collisions: every item has a code of its own",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -504,7 +504,7 @@ def log_codes(codes_dir: str | os.PathLike[str], domains: list[str] | None = Non
                 plot_code_usage(entropy, png, code_cap=cap, title=f"{domain}: code usage")
                 mlflow.log_artifact(str(png), artifact_path="plots")
             groups = dstats.get("collision_group_sizes")
-            if groups:
+            if groups is not None:  # {} (no collisions) gets its plot too
                 png = Path(tmp) / f"collisions_{domain}.png"
                 plot_collision_histogram(groups, png, title=f"{domain}: items sharing a code")
                 mlflow.log_artifact(str(png), artifact_path="plots")
