@@ -379,7 +379,8 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
         return {"version": p.backbone_version, "skipped": p.cadence_reason}
     cfg, model_cfg = _train_configs(p, "pretrain", mode="pretrain")
     with _stage_run(p, "pretrain"):
-        tracking.log_params({"train": cfg, "model": model_cfg})
+        # The model config is logged from config.json once trained (n_items known by then).
+        tracking.log_params({"train": cfg})
         pretrain_to_lake(
             p.lake,
             p.version,
@@ -410,7 +411,8 @@ def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     if warm:
         cfg = _incremental_config(p, cfg)
     with _stage_run(p, f"finetune-{domain}", domain):
-        tracking.log_params({"train": cfg, "model": model_cfg})
+        # The model config is logged from config.json once trained (n_items known by then).
+        tracking.log_params({"train": cfg})
         finetune_to_lake(
             p.lake,
             p.version,
