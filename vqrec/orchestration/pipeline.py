@@ -364,6 +364,9 @@ def _incremental_config(plan: RunPlan, cfg: Any) -> Any:
     from vqrec.stages.flags import config_from_dict
 
     caps = {k: min(getattr(cfg, k), v) for k, v in INCREMENTAL_CAPS.items()}
+    # A warm start is aligned already (finetune_to_lake would enforce it; said here too,
+    # so the logged config is the one trained).
+    caps["permutation"] = "identity"
     merged = {**dataclasses.asdict(cfg), **caps, **_hyper(plan, "incremental")}
     return config_from_dict(type(cfg), merged, "hyper.incremental")
 
