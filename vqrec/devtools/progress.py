@@ -30,6 +30,11 @@ from vqrec.lake.store import LakeError, read_success, resolve_version
 _START = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
 _END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
 _FAILED = re.compile(r"new_state=(failed|upstream_failed)")
+# What a task says in its own log that beats a figure read from the lake.
+_NOTES = {
+    re.compile(r"incremental run: no pre-training"): "skipped: incremental, the champion "
+    "backbone is kept",
+}
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z?\s")
 
 
@@ -163,12 +168,14 @@ def report(lines: Iterator[str], lake: Path, out=sys.stdout) -> int:
     started: dict[tuple[str, str], float] = {}
     failed = 0
     state_failed = False
+    note = ""
     for line in lines:
         if _FAILED.search(line):
             state_failed = True
+        note = next((text for pattern, text in _NOTES.items() if pattern.search(line)), note)
         if m := _START.search(line):
             started[m.groups()] = _seconds(line)
-            state_failed = False
+            state_failed, note = False, ""
             name = m.group(1) + (f"[{m.group(2)}]" if m.group(2) != "-1" else "")
             print(f"  > {name} ...", file=out, flush=True)
         elif m := _END.search(line):
@@ -179,7 +186,7 @@ def report(lines: Iterator[str], lake: Path, out=sys.stdout) -> int:
                 print(f"  x {name} FAILED after {seconds:.0f} s", file=out, flush=True)
                 continue
             try:
-                figure = figures.get(m.group(1), lambda: "")()
+                figure = note or figures.get(m.group(1), lambda: "")()
             except (OSError, KeyError, ValueError, LakeError):
                 figure = ""
             print(f"  ok {name} {seconds:.0f} s" + (f": {figure}" if figure else ""),
