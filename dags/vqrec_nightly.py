@@ -23,6 +23,7 @@ from vqrec.orchestration.airflow_support import (
     RETRY_ARGS,
     encode_job,
     plan_xcom,
+    recommend_job,
     spark_job,
 )
 
@@ -107,19 +108,12 @@ def vqrec_nightly():
 
     the_plan = plan()
 
+    clean_args = ["--raw-root", plan_xcom("raw_root"), "--domains", plan_xcom("domains", True)]
+    clean_args += ["--lake", plan_xcom("lake"), "--version", plan_xcom("version")]
     clean = spark_job(
         "clean",
         "clean.py",
-        [
-            "--raw-root",
-            plan_xcom("raw_root"),
-            "--domains",
-            plan_xcom("domains", join=True),
-            "--lake",
-            plan_xcom("lake"),
-            "--version",
-            plan_xcom("version"),
-        ],
+        clean_args,
         "Spark: raw logs -> deduplicated, k-cored interactions, leave-one-out splits, "
         "item text, quarantine and quality report (jobs/clean.py).",
     )
@@ -169,23 +163,9 @@ def vqrec_nightly():
         pre-trained), promote champions that are not worse."""
         return pipeline.register_run(plan, summary)
 
-    recommend = spark_job(
-        "recommend",
-        "recommend.py",
-        [
-            "--lake",
-            plan_xcom("lake"),
-            "--version",
-            plan_xcom("version"),
-            "--clean-version",
-            plan_xcom("version"),
-            "--domains",
-            plan_xcom("target_domains", join=True),
-            "--k",
-            "{{ params.recommend_k }}",
-        ],
+    recommend = recommend_job(
         "Spark: each target domain's champion, top-k for every user's latest history, "
-        "already-seen items left out -> recommendations/<version> (jobs/recommend.py).",
+        "already-seen items left out -> recommendations/<version> (jobs/recommend.py)."
     )
 
     codes_info = codes(the_plan)

@@ -107,6 +107,15 @@ def encode_job(doc_md: str, extra_args: tuple[str, ...] = ()):
     return spark_job("encode", "encode.py", args, doc_md)
 
 
+def recommend_job(doc_md: str):
+    """Batch recommendations of a run: its target domains' champions over its clean version,
+    ``k`` from the DAG param ``recommend_k``."""
+    args = ["--lake", plan_xcom("lake"), "--version", plan_xcom("version")]
+    args += ["--clean-version", plan_xcom("version")]
+    args += ["--domains", plan_xcom("target_domains", join=True), "--k", "{{ params.recommend_k }}"]
+    return spark_job("recommend", "recommend.py", args, doc_md)
+
+
 def publish_clean_assets(plan: dict[str, Any], outlet_events: Any = None) -> list[str]:
     """Announce each cleaned domain as an asset event (URIs ``vqrec://clean/<domain>``).
 
