@@ -541,8 +541,9 @@ def _night_summary(
 ) -> tuple[dict[str, float], dict[str, str]]:
     """(metrics, tags) of the parent run: each domain's test figures, each registration's
     decision, the failed domains and the drift verdict."""
+    # The fine-tunes' test figures come keyed as logged: "test_ndcg@10", ...
     metrics = {
-        f"{domain}.test_{name}": value
+        f"{domain}.{name}": value
         for domain, test in summary["domains"].items()
         for name, value in test.items()
     }
