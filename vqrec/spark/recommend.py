@@ -9,9 +9,11 @@ driver so that a promotion in between cannot mix two versions. Writes
 committed atomically like every stage.
 
 The model runs inside Spark's Python workers (``mapInPandas``): the driver downloads the
-champion's files once and ships them with ``SparkContext.addFile``; each worker loads the
-pyfunc once and scores Arrow batches of users through the same ``predict`` that
-``mlflow models serve`` runs, so a batch answer is the served answer.
+champion's files once into the staged version (on the lake, which every executor mounts,
+as every stage requires; removed before the commit); each worker loads the pyfunc from
+there once and scores Arrow batches of users through the same ``predict`` that
+``mlflow models serve`` runs, so a batch answer is the served answer. (Spark's
+``addFile`` refuses a folder on a cluster master.)
 (``mlflow.pyfunc.spark_udf`` ships a model the same way, but returns one value per input
 row, and the (user, rank) rows would need a second pass to explode.)
 
@@ -24,8 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -101,15 +103,13 @@ _MODELS: dict[str, Any] = {}  # per Python worker (workers are reused): path -> 
 
 
 def _scorer(
-    model_file: str, k: int, exclude_seen: bool, model_version: str
+    path: str, k: int, exclude_seen: bool, model_version: str
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The mapInPandas function: (user_id, history) batches -> (user, rank) rows."""
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import mlflow
-        from pyspark import SparkFiles
 
-        path = SparkFiles.get(model_file)
         if path not in _MODELS:
             _MODELS[path] = mlflow.pyfunc.load_model(path)
         model = _MODELS[path]
@@ -177,19 +177,16 @@ def run_recommend(spark: SparkSession, config: RecommendConfig) -> dict[str, Any
     partitions = config.partitions or 2 * spark.sparkContext.defaultParallelism
     summary: dict[str, Any] = {"clean_version": clean_dir.name, "domains": {}}
     summary["config"] = asdict(config)
-    with tempfile.TemporaryDirectory(prefix="vqrec-recommend-") as tmp, staged_version(
-        root, "recommendations", version, summary
-    ) as out:
+    with staged_version(root, "recommendations", version, summary) as out:
         for domain in domains:
             started = time.perf_counter()
-            champion = _champion_files(root, domain, Path(tmp))
+            champion = _champion_files(root, domain, out / ".models")
             if champion is None:
                 summary["domains"][domain] = {"skipped": "no champion registered"}
                 continue
             folder, model_version = champion
-            spark.sparkContext.addFile(str(folder), recursive=True)
             users = latest_histories(spark, clean_dir, domain).repartition(partitions)
-            scorer = _scorer(folder.name, config.k, config.exclude_seen, model_version)
+            scorer = _scorer(str(folder), config.k, config.exclude_seen, model_version)
             rows = users.mapInPandas(scorer, OUTPUT_SCHEMA)
             target = out / f"domain={domain}"
             rows.repartition(1).sortWithinPartitions("user_id", "rank").write.parquet(str(target))
@@ -204,6 +201,7 @@ def run_recommend(spark: SparkSession, config: RecommendConfig) -> dict[str, Any
                 "users_per_s": round(n_users / seconds, 1),
             }
             log.info("%s: %s", domain, json.dumps(summary["domains"][domain]))
+        shutil.rmtree(out / ".models", ignore_errors=True)  # the downloads, not the output
         tidy_spark_output(out)
     summary["version"] = version
     return summary
