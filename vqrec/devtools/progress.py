@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vqrec.lake.store import LakeError, read_success, resolve_version
+from vqrec.lake.store import LakeError, pid_alive, read_success, resolve_version
 
 _START = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
 _END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
@@ -130,20 +129,10 @@ def key_figures(lake: Path) -> dict[str, Callable[[], str]]:
     }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def follow(path: Path, pid: int | None, poll: float = 1.0) -> Iterator[str]:
     """Lines appended to ``path`` until process ``pid`` has exited (then the rest)."""
     while not path.exists():
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             return
         time.sleep(poll)
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -155,7 +144,7 @@ def follow(path: Path, pid: int | None, poll: float = 1.0) -> Iterator[str]:
                 *lines, buffer = buffer.split("\n")
                 yield from lines
                 continue
-            if pid is None or not _alive(pid):
+            if pid is None or not pid_alive(pid):
                 if buffer:
                     yield buffer
                 return

@@ -105,6 +105,17 @@ OWNER = ".owner"  # in a temp folder: "<host> <pid>" of its writer (removed at t
 STALE_AFTER_S = 24 * 3600  # a temp folder of another host (or without owner) this old: swept
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _abandoned(tmp: Path) -> bool:
     """No live writer owns ``tmp``: its writer on this host is gone, or it is older than
     :data:`STALE_AFTER_S` (another host's writer, whose process this host cannot see)."""
@@ -113,13 +124,7 @@ def _abandoned(tmp: Path) -> bool:
     except (OSError, ValueError):
         host, pid = "", "0"
     if host == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not pid_alive(int(pid))
     try:
         return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
     except FileNotFoundError:

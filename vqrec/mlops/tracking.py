@@ -518,11 +518,7 @@ def log_quality_report(clean_dir: str | os.PathLike[str], domain: str) -> dict[s
     report = _read_json(path)
     mlflow.log_artifact(str(path), artifact_path="data_quality")
     if isinstance(report, Mapping):
-        numbers = {
-            mlflow_key(f"data.{domain}.{k}"): float(v) for k, v in report.items() if _is_number(v)
-        }
-        if numbers:
-            mlflow.log_metrics(numbers)
+        log_metrics({f"data.{domain}.{k}": v for k, v in report.items()})
     return report
 
 
