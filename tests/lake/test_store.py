@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from vqrec.lake.manifest import MANIFEST
 from vqrec.lake.store import (
     LakeError,
     read_success,
@@ -61,7 +62,7 @@ def test_rerun_replaces_a_version_whole(lake):
     with staged_version(lake, "codes", "v1") as out:
         (out / "b.txt").write_text("second")
     path = resolve_version(lake, "codes", "v1")
-    assert sorted(p.name for p in path.iterdir()) == ["_SUCCESS", "b.txt"]
+    assert sorted(p.name for p in path.iterdir()) == [MANIFEST, "_SUCCESS", "b.txt"]
 
 
 def test_killed_writer_is_invisible_and_swept(lake, tmp_path):
@@ -95,7 +96,7 @@ def test_killed_writer_is_invisible_and_swept(lake, tmp_path):
         assert not list((lake / "clean").glob(".tmp-v2-*")), "killed writer's folder swept"
         assert list((lake / "clean").glob(".tmp-v3-*")), "live writer's folder kept"
         assert sorted(p.name for p in resolve_version(lake, "clean").iterdir()) == [
-            "_SUCCESS", "data.txt"
+            MANIFEST, "_SUCCESS", "data.txt"
         ]  # fmt: skip
     finally:
         live.kill()
@@ -167,7 +168,7 @@ def test_many_writers_of_one_version_at_the_same_moment_all_commit(lake):
     writers = {(final / f"part-{i}.txt").read_text() for i in range(20)}
     assert len(writers) == 1  # one writer's output, whole, never a mix
     assert sorted(p.name for p in final.iterdir()) == sorted(
-        ["_SUCCESS", *(f"part-{i}.txt" for i in range(20))]
+        [MANIFEST, "_SUCCESS", *(f"part-{i}.txt" for i in range(20))]
     )
     assert not list((lake / "codes").glob(".tmp-*"))
 

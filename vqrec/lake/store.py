@@ -4,6 +4,12 @@ Every stage writes ``<lake>/<stage>/<version>/`` through :func:`staged_version`.
 only ever sees complete versions: the stage writes into a hidden temp folder, writes
 ``_SUCCESS`` last, renames the folder into place (an atomic swap when it replaces an
 existing version) and then points ``CURRENT`` at it.
+
+Just before ``_SUCCESS`` the store writes the folder's manifest (vqrec.lake.manifest: every
+file's size, CRC-32 and Parquet row count), and :func:`resolve_version` /
+:func:`resolve_part`, which every reader goes through, check the version and each part
+committed inside it against theirs: a file deleted, truncated, overwritten or added after
+the commit is a one-line :class:`LakeError` naming it, never a smaller output.
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vqrec.lake.manifest import (
+    MANIFEST,
+    TEMP_PREFIX,
+    find_damage,
+    list_files,
+    read_manifest,
+    write_manifest,
+)
+
 DEFAULT_LAKE = "var/lake"
 SUCCESS = "_SUCCESS"
 CURRENT = "CURRENT"
@@ -31,6 +46,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class LakeError(RuntimeError):
     """A stage output is missing, incomplete or badly named."""
+
+
+class DamagedVersion(LakeError):
+    """A committed version or part whose files no longer match its manifest, or that has
+    none to check them by. A caller that takes a LakeError for "not there (yet)" should let
+    this one through: the output is there, and reading it would give wrong results."""
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -136,7 +157,7 @@ def sweep_temp(stage_dir: Path) -> list[Path]:
     a live writer still owns is left alone. Every commit sweeps its own parent first."""
     removed = []
     if stage_dir.is_dir():
-        for p in stage_dir.glob(".tmp-*"):
+        for p in stage_dir.glob(f"{TEMP_PREFIX}*"):
             if p.is_dir() and _abandoned(p):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
@@ -151,13 +172,17 @@ def _staged_folder(
     ``parent/<name>`` (replacing an existing one whole); on failure remove it."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep_temp(parent)
-    tmp = parent / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f"{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     meta = metadata if metadata is not None else {}
     try:
         yield tmp
         (tmp / OWNER).unlink()
+        try:
+            write_manifest(tmp, SUCCESS)
+        except ValueError as err:
+            raise LakeError(f"cannot commit {parent.name}/{name}: {err}") from err
         meta.update({**fields, "committed_at": time.time()})
         (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         final = parent / name
@@ -199,7 +224,7 @@ def _place(tmp: Path, final: Path) -> bool:
         return True
     # No atomic swap on this file system: two renames, with a short window in which
     # ``final`` is missing (a kill there leaves the old version in ``.tmp-old-*``).
-    trash = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+    trash = final.parent / f"{TEMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(final, trash)
     except FileNotFoundError:
@@ -265,17 +290,22 @@ def staged_part(
 def resolve_part(
     lake: str | os.PathLike[str] | None, stage: str, version: str | None, part: str
 ) -> Path:
-    """The folder of a committed part of a committed version (see :func:`staged_part`)."""
+    """The folder of a committed part of a committed version (see :func:`staged_part`);
+    verified with its version (see :func:`verify_committed`)."""
     path = resolve_version(lake, stage, version).joinpath(*part.split("/"))
     if not (path / SUCCESS).exists():
         raise LakeError(f"{path} is not a committed part of {stage!r} (no {SUCCESS})")
+    if not (path / MANIFEST).exists():  # a part the version's check took for plain files
+        verify_committed(path, f"{stage}/{path.relative_to(lake_root(lake) / stage)}")
     return path
 
 
 def resolve_version(
     lake: str | os.PathLike[str] | None, stage: str, version: str | None = None
 ) -> Path:
-    """The folder of a committed version of ``stage`` (``CURRENT`` when version is None)."""
+    """The folder of a committed version of ``stage`` (``CURRENT`` when version is None),
+    verified against its manifest, with the parts committed inside it (see
+    :func:`verify_committed`)."""
     root = lake_root(lake)
     stage_dir = root / validate_name(stage, "stage")
     if version is None:
@@ -290,9 +320,116 @@ def resolve_version(
         raise LakeError(f"no version {version!r} of stage {stage!r} under {root} (have: {listed})")
     if not (path / SUCCESS).exists():
         raise LakeError(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
+    verify_committed(path, f"{stage}/{version}")
     return path
+
+
+# (folder, inode, mtime in ns of its _SUCCESS) of every folder whose checksums this process
+# has verified: a replaced folder has a new _SUCCESS, so a new key.
+_VERIFIED: set[tuple[str, int, int]] = set()
+_VERIFY_TRIES = 3
+
+
+def _marker_key(folder: Path) -> tuple[str, int, int] | None:
+    try:
+        st = (folder / SUCCESS).stat()
+    except FileNotFoundError:
+        return None
+    return (str(folder), st.st_ino, st.st_mtime_ns)
+
+
+def _damage(folder: Path, label: str, key: tuple[str, int, int] | None) -> str | None:
+    """The one-line complaint about a committed ``folder``, or None when it is intact."""
+    if key is None:
+        return f"{label} lost its {SUCCESS} while it was being read"
+    try:
+        manifest = read_manifest(folder)
+    except ValueError as err:
+        return f"{label} is damaged: {err}; re-run the stage that wrote it"
+    if manifest is None:
+        return (
+            f"{label} has no {MANIFEST}: it was committed before the lake kept manifests, so "
+            "its files cannot be verified; re-run the stage that wrote it (or, if its files "
+            "are known good, record them once with vqrec.lake.store.adopt_version)"
+        )
+    problem = find_damage(folder, manifest, SUCCESS, rehash=key not in _VERIFIED)
+    if problem is not None:
+        return f"{label} is damaged: {problem}; re-run the stage that wrote it"
+    _VERIFIED.add(key)
+    return None
+
+
+def verify_committed(folder: Path, label: str) -> None:
+    """Check a committed version or part, and every part committed inside it, against its
+    manifest; a LakeError naming ``label`` (``stage/version[/part]``) and the file if not.
+
+    Every resolve lists the files and compares their sizes (a few stat calls); the
+    checksums are read once per process and folder (:data:`_VERIFIED`). Parts are checked
+    here too, so a reader that reaches into ``<version>/domains/<d>`` after
+    :func:`resolve_version` reads verified files. A folder replaced by a new commit while
+    it is checked (its ``_SUCCESS`` changed) is checked again rather than called damaged.
+    """
+    for _ in range(_VERIFY_TRIES):
+        key = _marker_key(folder)
+        complaint = _damage(folder, label, key)
+        if complaint is None:
+            break
+        if _marker_key(folder) == key:
+            raise (DamagedVersion if key else LakeError)(complaint)
+    else:
+        raise LakeError(f"{label} was replaced {_VERIFY_TRIES} times while it was verified")
+    _, parts = list_files(folder, SUCCESS)
+    for part in parts:
+        verify_committed(part, f"{label}/{part.relative_to(folder).as_posix()}")
 
 
 def read_success(path: Path) -> dict[str, Any]:
     """The metadata written into a committed version's ``_SUCCESS``."""
-    return json.loads((Path(path) / SUCCESS).read_text())
+    marker = Path(path) / SUCCESS
+    try:
+        meta = json.loads(marker.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedVersion(f"{marker} is damaged: not the JSON the store wrote ({err})") from err
+    if not isinstance(meta, dict):
+        raise DamagedVersion(f"{marker} is damaged: not the JSON object the store wrote")
+    return meta
+
+
+def _is_part_marker(marker: Path) -> bool:
+    """Whether ``marker`` is the ``_SUCCESS`` of a part :func:`staged_part` committed (a JSON
+    object naming the part), not one Spark left in a table folder (empty)."""
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "part" in meta
+
+
+def adopt_version(lake: str | os.PathLike[str] | None, stage: str, version: str) -> Path:
+    """Record the manifest of a version committed before manifests existed, trusting its
+    files as they are now, and return it resolved (verified).
+
+    The one way to keep such a version (a backbone that took hours) instead of re-running
+    its stage: :func:`resolve_version` refuses it until then. Its parts (sub-folders whose
+    ``_SUCCESS`` names a part) get their own manifests first, deepest first, so the
+    version's own manifest leaves them out as it does for parts committed later. A folder
+    that has a manifest already keeps it.
+    """
+    path = lake_root(lake) / validate_name(stage, "stage") / validate_name(version, "version")
+    if not (path / SUCCESS).is_file():
+        raise LakeError(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
+    markers = sorted(path.rglob(SUCCESS), key=lambda p: len(p.parts), reverse=True)
+    for marker in markers:
+        folder = marker.parent
+        inside_temp = any(p.startswith(TEMP_PREFIX) for p in folder.relative_to(path).parts)
+        if folder == path or inside_temp or not _is_part_marker(marker):
+            continue
+        _adopt_folder(folder)
+    _adopt_folder(path)
+    return resolve_version(lake, stage, version)
+
+
+def _adopt_folder(folder: Path) -> None:
+    if not (folder / MANIFEST).exists():
+        with atomic_path(folder / MANIFEST) as tmp:
+            write_manifest(folder, SUCCESS, tmp)

@@ -20,6 +20,7 @@ from typing import Any
 
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
 from vqrec.lake.store import (
+    DamagedVersion,
     LakeError,
     lake_root,
     read_success,
@@ -205,6 +206,8 @@ def _domain_config(lake: str, version: str, domain: str) -> dict[str, Any] | Non
     try:
         path = resolve_part(lake, "models", version, f"domains/{domain}") / "config.json"
         return json.loads(path.read_text())
+    except DamagedVersion:
+        raise  # there, but its files are not what was committed: never "no warm start"
     except (LakeError, FileNotFoundError):
         log.warning("models/%s/domains/%s is not in the lake: no warm start", version, domain)
         return None
@@ -496,6 +499,8 @@ def _test_ndcg(lake: str, version: str, domain: str) -> float | None:
     try:
         folder = resolve_part(lake, "models", version, f"domains/{domain}")
         return float(json.loads((folder / "metrics.json").read_text())["test"]["ndcg@10"])
+    except DamagedVersion:
+        raise  # a damaged model is not a model without figures (that changes promotions)
     except (LakeError, FileNotFoundError):
         return None
 
