@@ -170,16 +170,26 @@ def test_cli_smoke_pretrain_transfer_evaluate_beats_popularity(lake: Path, capsy
     target = topic_domain("Gamma", 200, 400, 10, seed=3)
     write_domains(lake, pre + [target])
     common = ["--lake", str(lake), "--no-progress", "--batch-size", "256", "--seed", "3"]
-    common += ["--model-config", json.dumps(TINY)]
+    # The MLflow runs of the CLI are checked in tests/mlops/test_registry.py.
+    common += ["--model-config", json.dumps(TINY), "--no-mlflow"]
+    capsys.readouterr()
     assert main(["pretrain", *common, "--version", "bb", "--domains", "Alpha,Beta"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Test is summarised like valid: each metric's mean over the domains, then each domain's.
+    for split in ("valid", "test"):
+        figures = summary[split]
+        for metric in ("ndcg@10", "recall@10", "ndcg@50", "recall@50"):
+            per_domain = [figures[f"{d}/{metric}"] for d in ("Alpha", "Beta")]
+            assert figures[metric] == pytest.approx(sum(per_domain) / 2), (split, metric)
     args = ["--version", "m1", "--backbone-version", "bb", "--domain", "Gamma"]
     args += ["--permutation", "learned", "--permutation-epochs", "2"]
     assert main(["finetune", *common, *args, "--epochs", "30"]) == 0
     capsys.readouterr()
-    assert (
-        main(["evaluate", "--lake", str(lake), "--models-version", "m1", "--domain", "Gamma"]) == 0
-    )
+    out = lake.parent / "evaluation.json"
+    evaluate = ["evaluate", "--lake", str(lake), "--models-version", "m1", "--domain", "Gamma"]
+    assert main([*evaluate, "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == result  # --out: the same JSON, in a file
     metrics = result["metrics"]
 
     data = load_domain(lake, "Gamma")

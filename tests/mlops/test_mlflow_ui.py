@@ -1,7 +1,9 @@
 """The MLflow UI, for real: `mlflow server` over the test store, headless Chromium on it.
 
-Checks that the registered domain model shows its champion alias and that a run shows its
-training-curve plot; screenshots go to test-artifacts/ (gitignored) for a person to look at.
+Checks that the registered domain model shows its champion alias, that its version page
+shows its code strategy and backbone and links its LoggedModel, that the LoggedModel page
+shows its test figures, and that a run shows its training-curve plot; screenshots go to
+test-artifacts/ (gitignored) for a person to look at.
 Chromium is Debian's package, installed here when missing; the test skips cleanly when it
 cannot be installed (no root, no package mirror).
 """
@@ -22,7 +24,7 @@ from vqrec.mlops import registry, serving, tracking
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = pytest.mark.slow  # ~90 s: server start, two pages rendered twice; runs in CI
+pytestmark = pytest.mark.slow  # ~2 min: server start, four pages rendered twice; runs in CI
 
 
 def _chromium() -> str:
@@ -70,6 +72,10 @@ def test_ui_shows_champion_alias_and_run_plots(tmp_path, monkeypatch):
     version = client.get_model_version(name, result["version"])
     run = client.get_run(version.run_id)
     experiment = run.info.experiment_id
+    model_id = version.source.removeprefix("models:/")  # the LoggedModel it was made from
+    figures = {m.key: m.value for m in client.get_logged_model(model_id).metrics}
+    # The UI prints the value in full (0.7279516892494883): its first digits must be there.
+    figure = repr(figures["test_ndcg_at_10"])[:5]
 
     ARTIFACTS.mkdir(exist_ok=True)
     profile = tmp_path / "chromium-profile"
@@ -83,11 +89,24 @@ def test_ui_shows_champion_alias_and_run_plots(tmp_path, monkeypatch):
         run_page = f"{url}/#/experiments/{experiment}/runs/{run.info.run_id}/artifacts/{plot}"
         run_dom = _render(chromium, run_page, profile)
         _render(chromium, run_page, profile, ARTIFACTS / "mlflow_ui_run_plots.png")
+        version_page = f"{url}/#/models/{name}/versions/{version.version}"
+        version_dom = _render(chromium, version_page, profile)
+        _render(chromium, version_page, profile, ARTIFACTS / "mlflow_ui_model_version.png")
+        model_page = f"{url}/#/experiments/{experiment}/models/{model_id}"
+        logged_dom = _render(chromium, model_page, profile)
+        _render(chromium, model_page, profile, ARTIFACTS / "mlflow_ui_logged_model.png")
 
     # The registered model page, rendered: its name and the champion alias chip.
     assert name in dom and "champion" in dom and "challenger" in dom
     # The run page: the run's name and the plot, fetched by the UI into an <img>.
     assert f"register-{name}" in run_dom
     assert f'alt="{plot}"' in run_dom
-    for png in ("mlflow_ui_model.png", "mlflow_ui_run_plots.png"):
+    # The version page: what the model is (tags), and the link to its LoggedModel.
+    assert registry.TAG_CODE_STRATEGY in version_dom and registry.TAG_BACKBONE in version_dom
+    assert model_id in version_dom
+    # The LoggedModel page: its test figures (name and value) and the data they were on.
+    assert "test_ndcg_at_10" in logged_dom and figure in logged_dom
+    assert "clean/v1" in logged_dom
+    shots = ("model", "run_plots", "model_version", "logged_model")
+    for png in (f"mlflow_ui_{shot}.png" for shot in shots):
         assert (ARTIFACTS / png).stat().st_size > 20_000  # a rendered page, not a blank one

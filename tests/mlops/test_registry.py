@@ -77,6 +77,37 @@ def test_gate_promotes_better_and_keeps_champion_over_worse(world, registered):
     assert run.data.tags[tracking.TAG_PIPELINE_RUN] == "run-worse"
 
 
+def test_version_page_shows_test_metrics_code_strategy_and_backbone(world, registered):
+    """A version links to the LoggedModel it was made from: that model carries the test
+    figures (linked to the clean version they were measured on) and says what it is in its
+    params; the version's tags say it too."""
+    client = MlflowClient()
+    mv = client.get_model_version(NAME, registered["trained"]["version"])
+    assert mv.tags[registry.TAG_CODE_STRATEGY] == "domain"  # the world's own quantizer
+    assert mv.tags[registry.TAG_BACKBONE] == "trained"
+    assert float(mv.tags["vqrec.metric.test_ndcg_at_10"]) == pytest.approx(
+        world["test"]["trained"]["ndcg@10"]
+    )
+    # The link: the version's source is its LoggedModel (the store keeps no model_id field),
+    # and the LoggedModel lists the versions made from it.
+    assert mv.source.startswith("models:/m-"), mv.source
+    model = client.get_logged_model(mv.source.removeprefix("models:/"))
+    made = json.loads(model.tags["mlflow.modelVersions"])
+    assert {"name": NAME, "version": int(mv.version)} in made
+    figures = {m.key: m for m in model.metrics}
+    assert figures["test_ndcg_at_10"].value == pytest.approx(world["test"]["trained"]["ndcg@10"])
+    assert figures["test_recall_at_10"].value == pytest.approx(
+        world["test"]["trained"]["recall@10"]
+    )
+    assert figures["test_ndcg_at_10"].dataset_name == "clean/v1"
+    assert model.params["code_strategy"] == "domain"
+    assert model.params["backbone_version"] == "trained"
+    assert model.params["clean_version"] == "v1" and model.params["model_version"] == "trained"
+    # The register run names its data too (as every training run does).
+    inputs = client.get_run(mv.run_id).inputs.dataset_inputs
+    assert {"clean/v1", "codes/v1", "embeddings/v1"} <= {i.dataset.name for i in inputs}
+
+
 def test_registering_the_same_model_twice_is_idempotent(world, registered):
     client = MlflowClient()
     before = client.search_model_versions(f"name='{NAME}'")
@@ -250,11 +281,12 @@ def test_real_trainer_output_registers_with_its_epoch_history(world, registered)
                         "code_dim": world["data"]["codes"].shape[1]})  # fmt: skip
     common = ["--lake", str(lake), "--version", "real", "--epochs", "2", "--batch-size", "256",
               "--no-progress", "--device", "cpu", "--model-config", small]  # fmt: skip
-    train.main_pretrain([*common, "--domains", DOMAIN])
-    train.main_finetune(
+    assert train.main_pretrain([*common, "--domains", DOMAIN]) == 0
+    assert train.main_finetune(
         [*common, "--domain", DOMAIN, "--permutation", "learned", "--permutation-epochs", "1"]
-    )
+    ) == 0
     client = MlflowClient()
+    _assert_cli_runs_logged(client, lake)
     champion_before = client.get_model_version_by_alias(NAME, "champion")
     champion_value = float(champion_before.tags["vqrec.metric.test_ndcg_at_10"])
 
@@ -274,3 +306,29 @@ def test_real_trainer_output_registers_with_its_epoch_history(world, registered)
     # Both phases of the transfer are in the run: permutation epochs and table epochs.
     assert len(client.get_metric_history(run_id, "permutation_loss")) == 1
     assert len(client.get_metric_history(run_id, "loss")) >= 1
+
+
+def _assert_cli_runs_logged(client: MlflowClient, lake) -> None:
+    """Plain `vqrec pretrain` / `vqrec finetune` log the DAG's runs: children ``pretrain`` and
+    ``finetune-<d>`` of the pipeline run named after the models version, each with its
+    config, every epoch, its test figures and its datasets; the parent is ended with them."""
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
+    runs = client.search_runs([experiment], f"tags.`{tracking.TAG_PIPELINE_RUN}` = 'real'")
+    by_stage = {r.data.tags[tracking.TAG_STAGE]: r for r in runs}
+    assert set(by_stage) == {"pipeline", "pretrain", f"finetune-{DOMAIN}"}
+    assert by_stage["pipeline"].info.status == "FINISHED"
+    models = resolve_version(lake, "models", "real")
+    for stage, folder in (("pretrain", "backbone"), (f"finetune-{DOMAIN}", f"domains/{DOMAIN}")):
+        run = by_stage[stage]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == by_stage["pipeline"].info.run_id
+        assert run.data.params["train.epochs"] == "2"
+        metrics = json.loads((models / folder / "metrics.json").read_text())
+        train_epochs = [h for h in metrics["history"] if h["phase"] != "permutation"]
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == len(train_epochs)
+        assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(metrics["test"]["ndcg@10"])
+        names = {i.dataset.name for i in run.inputs.dataset_inputs}
+        assert {"clean/v1", "codes/v1"} <= names
+    # Pre-training reports test like valid: the mean over its domains, then each domain's.
+    backbone = json.loads((models / "backbone" / "metrics.json").read_text())
+    assert backbone["test"]["ndcg@10"] == pytest.approx(backbone["test"][f"{DOMAIN}/ndcg@10"])

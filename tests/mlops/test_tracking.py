@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +17,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.world import DOMAIN, MODELS, copy_world
+from vqrec.lake.models import data_versions
 from vqrec.lake.store import resolve_version
 from vqrec.mlops import tracking
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("lake_store")
 
@@ -217,3 +224,105 @@ def test_the_parent_run_summarises_the_night(lake):
     assert run.data.metrics["A.test_ndcg_at_10"] == 0.25
     assert run.data.metrics["wall_s.codes"] >= 0
     assert run.data.tags["vqrec.promotion.A"] == "v2 promoted"
+
+
+def test_training_runs_list_their_lake_versions_as_datasets(world):
+    """The run of a pretrain / finetune names the clean, codes and embeddings versions it
+    read as MLflow Datasets: ``<stage>/<version>``, the version's folder, a digest of its
+    _SUCCESS (a rewrite of the same version name changes it)."""
+    lake = world["lake"]
+    runs = {
+        "backbone": tracking.log_training_run(lake, "nightly-4", "trained"),
+        f"domains/{DOMAIN}": tracking.log_training_run(lake, "nightly-4", "trained", DOMAIN),
+    }
+    client = MlflowClient(tracking.tracking_uri(lake))
+    for folder, run_id in runs.items():
+        recorded = data_versions(resolve_version(lake, "models", "trained") / folder)
+        assert {"clean", "codes", "embeddings"} <= set(recorded)
+        inputs = {i.dataset.name: i for i in client.get_run(run_id).inputs.dataset_inputs}
+        assert set(inputs) == {f"{stage}/{version}" for stage, version in recorded.items()}
+        for stage, version in recorded.items():
+            logged = inputs[f"{stage}/{version}"]
+            committed = resolve_version(lake, stage, version)
+            digest = hashlib.sha256((committed / "_SUCCESS").read_bytes()).hexdigest()[:16]
+            assert logged.dataset.digest == digest
+            assert logged.dataset.source_type == "local"
+            assert json.loads(logged.dataset.source) == {"uri": str(committed)}
+            tags = {t.key: t.value for t in logged.tags}
+            assert tags == {"mlflow.data.context": "training", "vqrec.stage": stage}
+
+
+def _pretrain_against(lake: Path, store: str | None) -> tuple[subprocess.CompletedProcess, float]:
+    """`vqrec pretrain` in a fresh process with ``store`` as $MLFLOW_TRACKING_URI (None: the
+    lake's default store); returns the process and its wall seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if store is not None:
+        env["MLFLOW_TRACKING_URI"] = store
+    argv = [sys.executable, "-m", "vqrec.cli", "pretrain", "--lake", str(lake)]
+    argv += ["--domains", DOMAIN, "--no-progress", "--device", "cpu"]
+    t0 = time.monotonic()
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - t0
+
+
+def _assert_refused(done: subprocess.CompletedProcess, seconds: float, *said: str) -> None:
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vqrec pretrain: error: MLflow"), lines
+    for text in said:
+        assert text in lines[0], (text, lines[0])
+    # MLflow's own retries took ~100 s; the check answers before any import of torch data.
+    assert seconds < 60, seconds
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """Make a path immutable (``chattr +i``): even root cannot write into or beside it (a
+    chmod 0555 folder would not stop root). Undone after the test."""
+    made: list[Path] = []
+
+    def make(path: Path) -> Path:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"chattr +i is not available here: {done.stderr.strip()}")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_an_unwritable_store_is_one_line_and_fast(lake, tmp_path, immutable):
+    """Real failures, root included: a store "folder" that is a file, an immutable folder,
+    an immutable SQLite file; and the lake's default store under a file."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    store = f"sqlite:///{blocker}/mlflow.db"
+    _assert_refused(*_pretrain_against(lake, store), store, f"{blocker} is a file, not a folder")
+
+    folder = tmp_path / "frozen"
+    folder.mkdir()
+    store = f"sqlite:///{immutable(folder)}/mlflow.db"
+    _assert_refused(*_pretrain_against(lake, store), store, "Operation not permitted")
+
+    db = tmp_path / "open" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(b"")
+    store = f"sqlite:///{immutable(db)}"
+    _assert_refused(*_pretrain_against(lake, store), store, "Operation not permitted", str(db))
+
+    (lake / "mlflow").write_text("not the store folder")
+    _assert_refused(*_pretrain_against(lake, None), f"{lake / 'mlflow'} is a file, not a folder")
+    assert not (lake / "checkpoints").exists()  # refused before any training
+
+
+def test_only_local_stores_are_checked(tmp_path):
+    assert tracking.check_store("http://127.0.0.1:1") == "http://127.0.0.1:1"
+    assert tracking.check_store("sqlite://") == "sqlite://"
+    assert tracking.local_store_path(f"sqlite:///{tmp_path}/m.db") == tmp_path / "m.db"
+    assert tracking.local_store_path(f"file://{tmp_path}/runs") == tmp_path / "runs"
+    store = f"sqlite:///{tmp_path}/new/deeper/mlflow.db"
+    assert tracking.check_store(store) == store  # a folder that can be made is made
+    assert (tmp_path / "new" / "deeper").is_dir()
+    assert list((tmp_path / "new" / "deeper").iterdir()) == []  # the probe is gone

@@ -173,20 +173,16 @@ def check_fit_shape(n: int, d: int, code_dim: int, bits: int) -> tuple[int, int]
         raise ValueError(f"bits must be an integer in 1..{MAX_BITS} (int16 codes), got {bits!r}")
     bits = int(bits)
     n_centroids = 2**bits
-    if n < n_centroids:
+    # Two limits, one minimum: k-means needs a point per centroid, and faiss's OPQ fits a
+    # d x d rotation that segfaults or aborts ("invalid cluster assignment") with n <= d
+    # points instead of raising. Refuse first, with the one number that matters.
+    need = max(n_centroids, d + 1)
+    if n < need:
         raise ValueError(
-            f"too few training points: {n} embeddings for {n_centroids} centroids per "
-            f"sub-vector (bits={bits}); faiss k-means needs at least {n_centroids} "
-            f"(and recommends {FAISS_MIN_POINTS_PER_CENTROID * n_centroids}); "
-            "use fewer bits or more training items"
-        )
-    if n <= d:
-        # faiss's OPQ fits a d x d rotation; with n <= d points it segfaults or aborts
-        # ("invalid cluster assignment") instead of raising: refuse first, clearly.
-        raise ValueError(
-            f"too few training points: {n} embeddings of dimension {d}; OPQ's {d}x{d} "
-            f"rotation needs more points than dimensions (n > {d}): use more training items "
-            "(e.g. the 'shared' strategy, which reuses the pre-training quantizer)"
+            f"too few training points: {n} embeddings; fitting needs at least {need} "
+            f"({n_centroids} centroids per sub-vector at bits={bits}, and more points than the "
+            f"{d} dimensions of OPQ's rotation): use more training items, or the 'shared' "
+            "strategy, which reuses the pre-training quantizer"
         )
     if n < FAISS_MIN_POINTS_PER_CENTROID * n_centroids:
         log.warning(

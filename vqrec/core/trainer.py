@@ -61,105 +61,16 @@ from vqrec.core.sequences import (
     training_chains,
 )
 
-MODES = ("pretrain", "transfer", "full", "scratch")
-# How a transferred domain's codes are aligned with the pre-trained table (vqrec.core.permutation):
-# matched: the data-driven assignment (no training); learned: Gumbel-Sinkhorn epochs (the
-# paper's); identity / random: ablations.
-PERMUTATIONS = ("matched", "learned", "identity", "random")
+# The config lives in its own torch-free module (the CLIs' --help); re-exported here.
+from vqrec.core.train_config import (  # noqa: F401
+    FINETUNE_DEFAULTS,
+    MODES,
+    PERMUTATIONS,
+    TrainConfig,
+    finetune_config,
+)
+
 EARLY_STOP_METRIC = "ndcg@10"
-
-
-@dataclass
-class TrainConfig:
-    """How to train (the model's shape lives in :class:`vqrec.core.model.ModelConfig`)."""
-
-    # Each field's help is its flag's help (vqrec.stages.flags declares the CLI flags).
-    mode: str = field(default="pretrain", metadata={"help": "phase", "choices": MODES})
-    epochs: int = field(
-        default=300, metadata={"help": "upper bound; early stopping usually ends first"}
-    )
-    batch_size: int = field(default=2048, metadata={"help": "training rows per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    patience: int = field(
-        default=10, metadata={"help": "epochs without a better valid NDCG@10 before stopping"}
-    )
-    seed: int = field(default=2026, metadata={"help": "random seed"})
-    device: str = field(
-        default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda | cuda:N"}
-    )
-    rho: float = field(
-        default=0.75, metadata={"help": "share of code indices corrupted for the hard negative"}
-    )
-    permutation: str = field(
-        default="learned",
-        metadata={"help": "code alignment (transfer/full)", "choices": PERMUTATIONS},
-    )
-    permutation_epochs: int = field(default=5, metadata={"help": "learned permutation only"})
-    # Adam on the Gumbel-Sinkhorn logits. At 1e-3 (the value before) ~20 steps an epoch move
-    # a logit by ~0.02 against Gumbel noise of scale 1: the hard permutation stayed random and
-    # the loss flat (8.79-8.80 on Scientific). At 0.1 it falls (8.74 -> 8.43 in 3 epochs).
-    permutation_lr: float = 0.1
-    sinkhorn_iters: int = 3
-    bucket: bool = field(
-        default=True,  # see vqrec.data.batch_rows
-        metadata={"help": "length-bucketed batches (--no-bucket: plain random batches)"},
-    )
-    # "last": one target per prefix row (the published way: every prefix is a row);
-    # "all": each user's training part as one chain, a target at every position (the same
-    # targets and histories in one causal pass; see vqrec.data.training_chains).
-    targets: str = field(
-        default="last",
-        metadata={
-            "help": "last: a row per prefix (published); all: a target at every position "
-            "of a chain",
-            "choices": ("last", "all"),
-        },
-    )
-    max_len: int = 50
-    eval_batch_size: int = 1024
-    valid_rows: int = field(
-        default=0,
-        metadata={"help": "evaluate on a fixed sample of this many valid rows/domain (0: all)"},
-    )
-    amp: bool = field(
-        default=False, metadata={"help": "bf16 autocast (not measured to help on CPU)"}
-    )
-    compile: bool = field(
-        default=False, metadata={"help": "torch.compile the training objective (not measured)"}
-    )
-    progress: bool = field(default=True, metadata={"help": "tqdm bars"})
-    stop_after_epochs: int = 0  # >0: stop (as if killed) after this many epochs of this run
-    # >0: the epoch (of any phase) that crosses this wall time is the last of its phase, and
-    # the fine-tuning phase then stops after its first epoch
-    time_budget_min: float = field(
-        default=0.0, metadata={"help": "minutes; the last epoch is the one crossing it (0: off)"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
-        if self.targets not in ("last", "all"):
-            raise ValueError(f"targets must be 'last' or 'all', not {self.targets!r}")
-        if self.permutation not in PERMUTATIONS:
-            raise ValueError(f"permutation must be one of {PERMUTATIONS}, not {self.permutation!r}")
-        for name in ("epochs", "batch_size", "patience", "max_len", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], not {self.rho}")
-
-
-# Fine-tuning departs from the pre-training defaults above, each chosen on Scientific's valid
-# split (docs/QUALITY.md): lr 3e-3 (the official README's fine-tune lr; valid N@10 after 6
-# epochs 0.0684 vs 0.0624 at 1e-3), a target at every position of each user's chain (the same
-# targets as the prefix rows, ~8x fewer rows an epoch), and the matched alignment (no epochs).
-FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 3e-3, "targets": "all", "permutation": "matched"}
-
-
-def finetune_config(**overrides: Any) -> TrainConfig:
-    """A fine-tuning TrainConfig: :data:`FINETUNE_DEFAULTS`, then ``overrides``."""
-    return TrainConfig(**{"mode": "transfer", **FINETUNE_DEFAULTS, **overrides})
 
 
 class StopRequested(RuntimeError):
@@ -565,7 +476,14 @@ def _pretrain_valid(
         )
         for d in data.names
     }
-    keys = next(iter(per_domain.values()))
+    return with_domain_mean(per_domain)
+
+
+def with_domain_mean(per_domain: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{domain: {metric: v}}`` -> each metric's unweighted mean over the domains (bare
+    names) and every domain's own (``<domain>/<metric>``): the shape of pre-training's valid
+    and test figures alike."""
+    keys = next(iter(per_domain.values()), {})
     mean = {k: float(np.mean([m[k] for m in per_domain.values()])) for k in keys}
     return mean | {f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()}
 
@@ -619,10 +537,10 @@ def pretrain(
 
     rows = data.chains if cfg.targets == "all" else data.train
     loop.fit(rows, step, optimizer, params, validate, "pretrain")
-    test = {}
-    if rank == 0:
-        for d in data.names:
-            m = _eval_valid(
+    test: dict[str, float] = {}
+    if rank == 0:  # reported like valid: the mean over domains, then each domain's
+        per_domain = {
+            d: _eval_valid(
                 model,
                 data.domains[d].splits["test"],
                 cfg,
@@ -630,7 +548,9 @@ def pretrain(
                 item_offset=data.offsets[d],
                 n_items=data.domains[d].n_items,
             )
-            test |= {f"{d}/{k}": v for k, v in m.items()}
+            for d in data.names
+        }
+        test = with_domain_mean(per_domain)
     return _result(loop, model, cfg, test)
 
 

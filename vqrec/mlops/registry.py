@@ -22,6 +22,13 @@ the decision with both figures on the version (tags) and on its run. Downstream 
 Artifacts are safetensors / Parquet / faiss / JSON, and the model class is logged "from
 code" (``vqrec/mlops/pyfunc_entry.py``; :mod:`vqrec.mlops.pyfunc` and the parts of
 :mod:`vqrec.core` it needs are shipped by ``code_paths``): nothing of ours is pickled.
+
+What a version's page shows: the LoggedModel it was made from carries the test figures
+(linked to the clean version they were measured on) and the lake versions, code strategy and
+backbone as params; the version itself carries them as tags (``vqrec.metric.*``,
+``vqrec.code_strategy``, ``vqrec.backbone_version``), which the promotion gate reads.
+
+mlflow and pandas are imported inside the functions (``vqrec register --help`` stays fast).
 """
 
 from __future__ import annotations
@@ -37,16 +44,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import mlflow
-import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from vqrec.lake.store import LakeError, read_success, resolve_version, validate_name
 from vqrec.mlops import tracking
-from vqrec.mlops.pyfunc import signature
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ DEFAULT_METRIC = "test_ndcg@10"
 TAG_MODEL_VERSION = "vqrec.model_version"  # the lake version of models/<V>
 TAG_CONTENT = "vqrec.content_sha1"  # sha1 of the weights: same data => same registry version
 TAG_DECISION = "vqrec.promotion.decision"  # promoted | kept_champion | already_champion
+TAG_CODE_STRATEGY = "vqrec.code_strategy"  # domain (own quantizer) | shared (pre-training's)
+TAG_BACKBONE = "vqrec.backbone_version"  # the models version whose backbone it transferred
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # vqrec/
 # What a registered model needs to load and predict (paths under vqrec/): the pyfunc class,
@@ -141,6 +148,7 @@ def build_domain_bundle(
 
     Versions default to what the trainer recorded in the model's config/metrics, else CURRENT.
     """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -182,6 +190,7 @@ def build_domain_bundle(
     emb_version = (
         embeddings_version or recorded.get("embeddings") or codes_config.get("embeddings_version")
     )
+    trained = json.loads((model_dir / "config.json").read_text())
     info = {
         "kind": "domain",
         "catalogue": True,
@@ -190,6 +199,10 @@ def build_domain_bundle(
         "clean_version": clean_dir.name,
         "codes_version": codes_dir.name,
         "quantizer": quantizer,
+        # The domain's own quantizer, or the pre-training one (vqrec.core.code_strategy).
+        "code_strategy": "domain" if quantizer == domain else "shared",
+        # None: trained from scratch (no backbone transferred).
+        "backbone_version": trained.get("backbone_version"),
         "content_sha1": _sha1(out / "model.safetensors"),
         **_encoder_info(lake, emb_version),
     }
@@ -217,6 +230,8 @@ def build_backbone_bundle(
 
     ``clean_version`` is only recorded (the backbone serves no catalogue of its own).
     """
+    import pandas as pd
+
     models_dir = resolve_version(lake, "models", model_version)
     model_dir = models_dir / "backbone"
     if not (model_dir / "model.safetensors").exists():
@@ -240,6 +255,7 @@ def build_backbone_bundle(
         **({"clean_version": clean_version} if clean_version else {}),
         "codes_version": codes_dir.name,
         "quantizer": "pretrain",
+        "backbone_version": models_dir.name,
         "content_sha1": _sha1(out / "model.safetensors"),
         **_encoder_info(lake, emb_version),
     }
@@ -285,6 +301,8 @@ _NO_CHAMPION_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 def champion_or_none(client: MlflowClient, name: str) -> Any | None:
     """``name``@champion, or None when the model or the alias does not exist; any other
     store error (unreachable server, bad credentials) propagates."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
@@ -380,6 +398,8 @@ def _record_decision(client: MlflowClient, mv: Any, decision: dict[str, Any]) ->
 
 def _find_registered(client: MlflowClient, name: str, info: dict[str, Any]) -> Any | None:
     """An existing version registered from the same lake model version and the same weights."""
+    from mlflow.exceptions import MlflowException
+
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
@@ -425,6 +445,9 @@ def register_bundle(
     ``register-<name>`` under the pipeline run (params, epoch metrics, curves, quality report).
     Returns ``{"name", "version", "reused", "promotion": {...}}``.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     tracking.setup_tracking(lake, experiment)
     client = MlflowClient()
     info = bundle.info
@@ -452,7 +475,7 @@ def register_bundle(
         data_versions=data_versions,
         experiment=experiment,
     ):
-        tests = tracking.log_model_dir(model_dir)
+        tests = tracking.log_model_dir(model_dir, lake=lake)
         tracking.log_params({"bundle": info})
         if info.get("domain") and info.get("clean_version"):
             try:
@@ -460,17 +483,15 @@ def register_bundle(
                 tracking.log_quality_report(clean_dir, info["domain"])
             except LakeError as exc:
                 log.warning("no quality report logged: %s", exc)
-        tags = {
-            TAG_MODEL_VERSION: info["model_version"],
-            TAG_CONTENT: info["content_sha1"],
-            tracking.TAG_PIPELINE_RUN: run_key,
-            **{f"vqrec.data.{k}": v for k, v in data_versions.items()},
-            **{f"vqrec.metric.{tracking.mlflow_key(k)}": str(v) for k, v in tests.items()},
-        }
-        commit = tracking.git_commit()
-        if commit:
-            tags[tracking.TAG_GIT_COMMIT] = commit
-        version = _log_pyfunc(name, bundle, tags)
+        model_info = _log_pyfunc(name, bundle)
+        # The test figures on the LoggedModel too (the version's page shows its model's
+        # metrics), linked to the clean version they were measured on.
+        clean = tracking.training_datasets(model_dir, lake).get("clean")
+        tracking.log_model_metrics(model_info.model_id, tests, clean)
+        tags = _version_tags(info, run_key, data_versions, tests)
+        # With its tags in one call: a kill can never leave a version without the tags that
+        # let the rerun find it again.
+        version = str(mlflow.register_model(model_info.model_uri, name, tags=tags).version)
         _announce(client, name, version, info)
         decision = promote(client, name, version, metric, tolerance)
         mlflow.set_tag("vqrec.registered_version", version)
@@ -483,11 +504,50 @@ def _announce(client: MlflowClient, name: str, version: str, info: dict[str, Any
     client.update_registered_model(name, description=_model_description(name, info))
 
 
-def _log_pyfunc(name: str, bundle: Bundle, tags: dict[str, str]) -> str:
-    """Log ``bundle`` as a pyfunc on the active run, then register it as a new version of
-    ``name`` *with* ``tags`` (one call: a kill can never leave a version without the tags
-    that let the rerun find it again); returns that version. Only :data:`SERVING_CODE`
-    travels in ``code_paths``."""
+def _version_tags(
+    info: dict[str, Any], run_key: str, data_versions: dict[str, str], tests: dict[str, float]
+) -> dict[str, str]:
+    """A registered version's tags: where it comes from (lake versions, weights' sha1, run),
+    what it is (code strategy, backbone) and its test figures (the promotion gate's)."""
+    tags = {
+        TAG_MODEL_VERSION: info["model_version"],
+        TAG_CONTENT: info["content_sha1"],
+        tracking.TAG_PIPELINE_RUN: run_key,
+        TAG_BACKBONE: info.get("backbone_version") or "none (trained from scratch)",
+        **{f"vqrec.data.{k}": v for k, v in data_versions.items()},
+        **{f"vqrec.metric.{tracking.mlflow_key(k)}": str(v) for k, v in tests.items()},
+    }
+    if info.get("code_strategy"):  # a domain's; the backbone's quantizer is "pretrain"
+        tags[TAG_CODE_STRATEGY] = info["code_strategy"]
+    commit = tracking.git_commit()
+    if commit:
+        tags[tracking.TAG_GIT_COMMIT] = commit
+    return tags
+
+
+# What a LoggedModel's page lists as its params (from the bundle's info).
+MODEL_PARAMS = (
+    "kind",
+    "domain",
+    "model_version",
+    "backbone_version",
+    "code_strategy",
+    "quantizer",
+    "clean_version",
+    "codes_version",
+    "embeddings_version",
+    "encoder_model",
+)
+
+
+def _log_pyfunc(name: str, bundle: Bundle) -> Any:
+    """Log ``bundle`` as a pyfunc on the active run (a LoggedModel whose params say what it
+    is); returns MLflow's ModelInfo. Only :data:`SERVING_CODE` travels in ``code_paths``."""
+    import mlflow
+
+    from vqrec.mlops.pyfunc import signature
+
+    params = {k: str(bundle.info[k]) for k in MODEL_PARAMS if bundle.info.get(k) is not None}
     with tempfile.TemporaryDirectory() as code_dir:
         code = serving_code(Path(code_dir))
         model_info = mlflow.pyfunc.log_model(
@@ -500,8 +560,9 @@ def _log_pyfunc(name: str, bundle: Bundle, tags: dict[str, str]) -> str:
             input_example=bundle.input_example,
             # Given, not inferred: inference would import and profile the model (slow).
             pip_requirements=_requirements(),
+            params=params,
         )
-    return str(mlflow.register_model(model_info.model_uri, name, tags=tags).version)
+    return model_info
 
 
 def _model_description(name: str, info: dict[str, Any]) -> str:
@@ -680,6 +741,8 @@ def champion_version(client: MlflowClient, name: str) -> Any:
     never registered, has no versions, or lost its alias (deleting the champion's version
     deletes the alias too). The store URI is never quoted: it may hold a password.
     """
+    from mlflow.exceptions import MlflowException
+
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
@@ -717,6 +780,9 @@ def load_champion(domain: str, lake: str | os.PathLike[str] | None = None):
     Raises :class:`NoChampionError` when there is none. The alias is resolved once and that
     version is loaded, so a promotion in between cannot mix two versions.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     tracking.setup_tracking(lake)
     name = domain_model_name(domain)
     mv = champion_version(MlflowClient(), name)
@@ -733,13 +799,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Register the backbone and per-domain models of a models version in "
         "MLflow and promote each challenger that is not worse than its champion.",
     )
-    p.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE or ./var/lake)")
-    p.add_argument("--version", default=None, help="models version (default CURRENT)")
+    p.add_argument("--lake", default=None, help="lake root (default: $VQREC_LAKE or ./var/lake)")
+    p.add_argument("--version", default=None, help="models version (default: CURRENT)")
     p.add_argument("--domains", default="", help="comma-separated domains (default: all)")
-    p.add_argument("--no-backbone", action="store_true", help="skip vqrec-backbone")
-    p.add_argument("--run-id", default=None, help="pipeline run id (parent MLflow run)")
-    p.add_argument("--metric", default=DEFAULT_METRIC)
-    p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument(
+        "--no-backbone", action="store_true", help="skip vqrec-backbone (default: register it)"
+    )
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="pipeline run id, the parent MLflow run (default: the models version, the run "
+        "`vqrec pretrain/finetune` logged under)",
+    )
+    p.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        help="test figure the promotion gate compares (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="promote when challenger >= champion - tolerance (default: %(default)s)",
+    )
     return p
 
 

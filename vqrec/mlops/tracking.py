@@ -7,13 +7,21 @@ Airflow runs every task in its own process, so the parent is found again by its
 
 Default store: ``sqlite:///<lake>/mlflow/mlflow.db`` with artifacts in
 ``<lake>/mlflow/artifacts``; ``$MLFLOW_TRACKING_URI`` (e.g. a real ``mlflow server``)
-overrides it.
+overrides it. A local store that cannot be written is refused up front
+(:class:`TrackingStoreError`), before MLflow's SQLAlchemy store spends ~100 s retrying it.
+
+A trained model's run lists the lake versions it read (clean / embeddings / codes) as MLflow
+Datasets (:func:`log_training_datasets`), each with a digest of the version's ``_SUCCESS``.
+
+mlflow is imported inside the functions: the command lines import this module to build
+their ``--help`` and must not pay for MLflow there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -22,13 +30,15 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
-import mlflow
-from mlflow.tracking import MlflowClient
+from vqrec.lake.store import SUCCESS, LakeError, lake_root, resolve_version, validate_name
 
-from vqrec.lake.store import lake_root, validate_name
-from vqrec.mlops.plots import plot_code_usage, plot_collision_histogram, plot_training_curves
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.data.dataset import Dataset
+    from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "vqrec"
 
@@ -62,14 +72,84 @@ def user_tracking_uri() -> str | None:
     return env if env and env not in _EXPORTED else None
 
 
+class TrackingStoreError(ValueError):
+    """The MLflow store cannot be written (its folder is read-only, not a folder, ...).
+
+    A ValueError: the store is configuration the user gave (``$MLFLOW_TRACKING_URI``,
+    ``--lake``), and every command reports bad input as one line and exit status 2.
+    """
+
+
 def tracking_uri(lake: str | os.PathLike[str] | None = None) -> str:
-    """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else the lake's SQLite store."""
+    """The tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else the lake's SQLite store.
+
+    A local store (SQLite file, file store) is checked here, where every stage resolves it:
+    see :func:`check_store`.
+    """
     env = user_tracking_uri()
     if env:
-        return env
+        return check_store(env)
     db = lake_root(lake) / "mlflow" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    return check_store(f"sqlite:///{db}")
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder a local store URI names (``sqlite:///path``, ``file:``, a plain
+    path); None for a server (``http(s)://``, ``databricks``...) or an in-memory SQLite."""
+    if uri.startswith("sqlite:"):
+        rest = uri.removeprefix("sqlite:").split("?", 1)[0]
+        # sqlite:///rel/path (relative), sqlite:////abs/path; sqlite:// is in memory.
+        path = rest[3:] if rest.startswith("///") else ""
+        return Path(unquote(path)) if path and path != ":memory:" else None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    # A plain path (or C:\...) is a local store to MLflow, but "databricks[-uc]" is not.
+    if (not parsed.scheme or len(parsed.scheme) == 1) and not uri.startswith("databricks"):
+        return Path(uri)
+    return None
+
+
+def check_store(uri: str) -> str:
+    """``uri`` if its local store can be written, else :class:`TrackingStoreError`.
+
+    Why up front: against an unwritable SQLite file MLflow's SQLAlchemy store retries for
+    ~100 s and then ends in a traceback. The check really writes (a probe file in the
+    store's folder; the SQLite file itself opened for update), so it also holds for root,
+    whom permission bits never stop: a read-only mount, an immutable (``chattr +i``)
+    folder, a "folder" that is a file all fail here. A server URI is not checked (the
+    server owns its store).
+    """
+    path = local_store_path(uri)
+    if path is None:
+        return uri
+    is_file = uri.startswith("sqlite:")
+    folder = path.parent if is_file else path
+    problem = _unwritable(folder, path if is_file else None)
+    if problem:
+        raise TrackingStoreError(f"MLflow tracking store {uri} cannot be written: {problem}")
+    return uri
+
+
+def _unwritable(folder: Path, db: Path | None) -> str | None:
+    """Why ``folder`` (and the SQLite file ``db`` in it, if it exists) cannot be written."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # SQLite writes a journal beside its file: the folder itself must take a new file.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vqrec-store-probe-"):
+            pass
+        if db is not None and db.exists():
+            with db.open("r+b"):
+                pass
+    except OSError as exc:
+        where = exc.filename or folder
+        return f"{exc.strerror or exc} ({where})"
+    return None
 
 
 def artifact_root(lake: str | os.PathLike[str] | None = None) -> Path:
@@ -86,6 +166,9 @@ def setup_tracking(
     store is the default local one (so artifacts never land in the working directory);
     against a remote server the server decides. Returns the experiment id.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(lake)
     remote = user_tracking_uri() is not None
     if not remote:
@@ -104,7 +187,9 @@ def setup_tracking(
         location = None
         if not remote:
             folder = artifact_root(lake) / experiment
-            folder.mkdir(parents=True, exist_ok=True)
+            problem = _unwritable(folder, None)
+            if problem:
+                raise TrackingStoreError(f"MLflow artifact folder {folder}: {problem}")
             location = folder.as_uri()
         try:
             experiment_id = client.create_experiment(experiment, artifact_location=location)
@@ -183,6 +268,9 @@ def log_params(config: Any, prefix: str = "") -> dict[str, str]:
     A param that is already logged with a different value (a retried task with a changed
     config) is logged as a tag instead of failing the stage: params are immutable in MLflow.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     params = flatten_params(config, prefix)
     run = mlflow.active_run()
     existing = MlflowClient().get_run(run.info.run_id).data.params if run else {}
@@ -229,6 +317,8 @@ def start_pipeline_run(
     logged yet). ``run_name`` names a new parent (default ``pipeline-<id>``). The parent
     stays RUNNING until :func:`end_pipeline_run`.
     """
+    from mlflow.tracking import MlflowClient
+
     experiment_id = setup_tracking(lake, experiment)
     client = MlflowClient()
     all_tags = {
@@ -264,6 +354,8 @@ def stage_runs(
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> list[Any]:
     """The child runs of ``stage`` already logged under the pipeline run (a retry's check)."""
+    from mlflow.tracking import MlflowClient
+
     experiment_id = setup_tracking(lake, experiment)
     escaped = pipeline_run_id.replace("'", "\\'")
     return MlflowClient().search_runs(
@@ -274,6 +366,8 @@ def stage_runs(
 
 def log_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """Numbers of ``values`` on the active run, keys made MLflow-safe; returns what was logged."""
+    import mlflow
+
     logged = {mlflow_key(k): float(v) for k, v in values.items() if _is_number(v)}
     if logged:
         mlflow.log_metrics(logged)
@@ -289,6 +383,8 @@ def summarize_pipeline_run(
 ) -> str | None:
     """The night on its parent run: ``metrics`` and ``tags`` as given, plus each stage
     child's wall time (``wall_s.<stage>``, from its start and end)."""
+    from mlflow.tracking import MlflowClient
+
     experiment_id = setup_tracking(lake, experiment)
     client = MlflowClient()
     run_id = _find_parent(client, experiment_id, pipeline_run_id)
@@ -318,6 +414,8 @@ def end_pipeline_run(
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> str | None:
     """Mark the parent run of a pipeline run terminated (FINISHED / FAILED / KILLED)."""
+    from mlflow.tracking import MlflowClient
+
     experiment_id = setup_tracking(lake, experiment)
     client = MlflowClient()
     run_id = _find_parent(client, experiment_id, pipeline_run_id)
@@ -340,6 +438,8 @@ def stage_run(
     The parent is created if this is the first stage to log. The child is the active run
     inside the block (``mlflow.log_*`` go to it); it ends FAILED if the block raises.
     """
+    import mlflow
+
     parent_id = start_pipeline_run(
         lake, pipeline_run_id, data_versions=data_versions, experiment=experiment
     )
@@ -421,6 +521,8 @@ def _is_number(value: Any) -> bool:
 
 def log_epoch_metrics(records: list[dict[str, float]], prefix: str = "") -> int:
     """Log per-epoch records on the active run with ``step=epoch``; return the count logged."""
+    import mlflow
+
     count = 0
     for row in records:
         step = int(row.get("epoch", 0))
@@ -431,18 +533,28 @@ def log_epoch_metrics(records: list[dict[str, float]], prefix: str = "") -> int:
     return count
 
 
-def log_model_dir(model_dir: str | os.PathLike[str], prefix: str = "") -> dict[str, float]:
+def log_model_dir(
+    model_dir: str | os.PathLike[str],
+    prefix: str = "",
+    lake: str | os.PathLike[str] | None = None,
+) -> dict[str, float]:
     """Log a trained model folder (config.json, metrics.json) on the active run.
 
     Params: the whole config; metrics: every epoch (step=epoch) and the test figures;
-    artifacts: both JSON files and the training-curve plot. Returns the test metrics
-    (unsanitised keys, e.g. ``test_ndcg@10``).
+    artifacts: both JSON files and the training-curve plot; datasets: the lake versions it
+    was trained on (:func:`log_training_datasets`). Returns the test metrics (unsanitised
+    keys, e.g. ``test_ndcg@10``).
     """
+    import mlflow
+
+    from vqrec.mlops.plots import plot_training_curves
+
     model_dir = Path(model_dir)
     config_path, metrics_path = model_dir / "config.json", model_dir / "metrics.json"
     if config_path.exists():
         log_params(_read_json(config_path), prefix=prefix.rstrip("_."))
         mlflow.log_artifact(str(config_path), artifact_path=f"{prefix}model" if prefix else "model")
+        log_training_datasets(model_dir, lake)
     if not metrics_path.exists():
         return {}
     metrics = _read_json(metrics_path)
@@ -458,6 +570,84 @@ def log_model_dir(model_dir: str | os.PathLike[str], prefix: str = "") -> dict[s
             plot_training_curves(records, png, title=f"{model_dir.name}: training")
             mlflow.log_artifact(str(png), artifact_path="plots")
     return tests
+
+
+def model_lake(model_dir: str | os.PathLike[str]) -> Path:
+    """The lake a model folder belongs to: ``<lake>/models/<V>/backbone`` or
+    ``<lake>/models/<V>/domains/<d>`` (the folder contract of :mod:`vqrec.lake.models`)."""
+    model_dir = Path(model_dir).resolve()
+    version_dir = model_dir.parent if model_dir.name == "backbone" else model_dir.parent.parent
+    if version_dir.parent.name != "models":
+        raise ValueError(f"{model_dir} is not a model folder under <lake>/models/<version>/")
+    return version_dir.parent.parent
+
+
+def lake_dataset(lake: str | os.PathLike[str] | None, stage: str, version: str) -> Dataset:
+    """A committed lake version as an MLflow Dataset: name ``<stage>/<version>``, source the
+    version's folder, digest the first 16 hex of the sha256 of its ``_SUCCESS``.
+
+    The version is not read (a MetaDataset): ``_SUCCESS`` is written last and once per
+    commit, with the version's own counts and inputs, so its digest changes whenever the
+    version is rewritten, even under the same name.
+    """
+    from mlflow.data import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folder = resolve_version(lake, stage, version)
+    digest = hashlib.sha256((folder / SUCCESS).read_bytes()).hexdigest()[:16]
+    # "local": MLflow's source type for a local path (its class is made at import time).
+    source = get_dataset_source_from_json(json.dumps({"uri": str(folder)}), source_type="local")
+    return MetaDataset(source, name=f"{stage}/{version}", digest=digest)
+
+
+def training_datasets(
+    model_dir: str | os.PathLike[str], lake: str | os.PathLike[str] | None = None
+) -> dict[str, Dataset]:
+    """``{stage: Dataset}`` of the clean / embeddings / codes versions a model folder was
+    trained on (``lake``: default the lake the folder is in). A version since swept from the
+    lake is left out: its name stays in the run's ``vqrec.data.*`` tags."""
+    from vqrec.lake.models import data_versions  # imports torch: only when a model is logged
+
+    lake = lake if lake is not None else model_lake(model_dir)
+    out = {}
+    for stage, version in data_versions(model_dir).items():
+        try:
+            out[stage] = lake_dataset(lake, stage, version)
+        except (LakeError, FileNotFoundError):
+            continue
+    return out
+
+
+def log_training_datasets(
+    model_dir: str | os.PathLike[str], lake: str | os.PathLike[str] | None = None
+) -> dict[str, Dataset]:
+    """Log :func:`training_datasets` as the active run's inputs, context ``training`` (the
+    clean version's valid and test splits chose the epoch and gave the test figures too,
+    which the run's metrics say); returns them."""
+    import mlflow
+
+    datasets = training_datasets(model_dir, lake)
+    if datasets:
+        mlflow.log_inputs(
+            list(datasets.values()),
+            contexts=["training"] * len(datasets),
+            tags_list=[{"vqrec.stage": stage} for stage in datasets],
+        )
+    return datasets
+
+
+def log_model_metrics(
+    model_id: str, values: Mapping[str, Any], dataset: Dataset | None = None
+) -> dict[str, float]:
+    """The numbers of ``values`` on the LoggedModel ``model_id`` (its page, and the page of
+    every registered version made from it, show them), linked to ``dataset`` (the data they
+    were measured on). MLflow logs them on the active run too."""
+    import mlflow
+
+    logged = {mlflow_key(k): float(v) for k, v in values.items() if _is_number(v)}
+    if logged:
+        mlflow.log_metrics(logged, model_id=model_id, dataset=dataset)
+    return logged
 
 
 def _read_json(path: Path) -> Any:
@@ -476,6 +666,10 @@ def log_codes(codes_dir: str | os.PathLike[str], domains: list[str] | None = Non
 
     ``domains`` restricts the quantizers and plots to those domains (+ ``pretrain``).
     """
+    import mlflow
+
+    from vqrec.mlops.plots import plot_code_usage, plot_collision_histogram
+
     codes_dir = Path(codes_dir)
     config = codes_dir / "config.json"
     if config.exists():
@@ -512,6 +706,8 @@ def log_codes(codes_dir: str | os.PathLike[str], domains: list[str] | None = Non
 
 def log_quality_report(clean_dir: str | os.PathLike[str], domain: str) -> dict[str, Any] | None:
     """Log ``reports/<domain>.json`` of a clean version (artifact + numeric top-level metrics)."""
+    import mlflow
+
     path = Path(clean_dir) / "reports" / f"{validate_name(domain, 'domain')}.json"
     if not path.exists():
         return None
@@ -536,7 +732,7 @@ def log_codes_run(
 
     Returns the MLflow run id.
     """
-    from vqrec.lake.store import read_success, resolve_version
+    from vqrec.lake.store import read_success
 
     codes_dir = resolve_version(lake, "codes", codes_version)
     meta = read_success(codes_dir)
@@ -564,7 +760,6 @@ def log_training_run(
     Returns the MLflow run id.
     """
     from vqrec.lake.models import data_versions  # imports torch: only when a run is logged
-    from vqrec.lake.store import LakeError, resolve_version
 
     models_dir = resolve_version(lake, "models", models_version)
     model_dir = models_dir / ("backbone" if domain is None else f"domains/{validate_name(domain)}")
@@ -575,7 +770,7 @@ def log_training_run(
     with stage_run(
         lake, pipeline_run_id, stage, domain=domain, data_versions=versions, experiment=experiment
     ) as run:
-        log_model_dir(model_dir)
+        log_model_dir(model_dir, lake=lake)
         if domain is not None and versions.get("clean"):
             try:
                 log_quality_report(resolve_version(lake, "clean", versions["clean"]), domain)

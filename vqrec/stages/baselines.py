@@ -18,8 +18,9 @@ import json
 import sys
 from typing import Any
 
-from vqrec.core.metrics import format_metrics
+from vqrec.core.train_config import TrainConfig
 from vqrec.lake.store import lake_root, resolve_version, validate_name
+from vqrec.stages.flags import add_config_flags, config_kwargs
 from vqrec.stages.train import main_finetune, main_pretrain
 
 ROWS: dict[str, list[str]] = {
@@ -34,6 +35,18 @@ TITLES = {
     "vq-scratch": "VQ-Rec from scratch",
     "vq-transfer": "VQ-Rec pre-trained + transferred",
 }
+# TrainConfig fields the table takes as flags; every row (and the pre-training) gets them.
+SHARED_FLAGS = ("epochs", "patience", "batch_size", "seed", "targets", "device")
+
+
+class RowFailed(RuntimeError):
+    """A row's `vqrec pretrain` / `vqrec finetune` exited non-zero (it said why on stderr)."""
+
+
+def _run(command: Any, argv: list[str], what: str) -> None:
+    code = command(argv)
+    if code:
+        raise RowFailed(f"{what} failed (exit {code}; its error is above)")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -63,7 +76,7 @@ def run_baselines(
     if "vq-transfer" in rows and backbone_version is None:
         backbone_version = f"{prefix}-backbone"
         argv = [*common, "--version", backbone_version, "--domains", ",".join(pretrain_domains)]
-        main_pretrain(argv + list(pretrain_flags or []))
+        _run(main_pretrain, argv + list(pretrain_flags or []), f"pre-training {backbone_version}")
     results: dict[str, dict[str, Any]] = {}
     for name in rows:
         version = f"{prefix}-{name}"
@@ -71,63 +84,93 @@ def run_baselines(
         argv += ROWS[name]
         if name == "vq-transfer":
             argv += ["--backbone-version", str(backbone_version)]
-        main_finetune(argv)
+        _run(main_finetune, argv, f"row {name}")
         folder = resolve_version(root, "models", version) / "domains" / domain
         metrics = json.loads((folder / "metrics.json").read_text())
         results[name] = {"version": version, **metrics}
-        print(f"{TITLES[name]}: {format_metrics(metrics['test'])}", file=sys.stderr, flush=True)
+        print(f"{TITLES[name]}: {_format(metrics['test'])}", file=sys.stderr, flush=True)
     return results
+
+
+def _format(metrics: dict[str, float]) -> str:
+    from vqrec.core.metrics import format_metrics  # imports torch
+
+    return format_metrics(metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``vqrec baselines`` (the training ones from TrainConfig)."""
+    parser = argparse.ArgumentParser(prog="vqrec baselines", description=main.__doc__)
+    parser.add_argument(
+        "--lake", default=None, help="lake root (default: $VQREC_LAKE or ./var/lake)"
+    )
+    parser.add_argument("--domain", required=True, help="the domain of the table (required)")
+    parser.add_argument(
+        "--pretrain-domains", required=True, help="comma-separated pre-training domains (required)"
+    )
+    parser.add_argument(
+        "--backbone-version",
+        default=None,
+        help="reuse this models version's backbone (default: pre-train <prefix>-backbone)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="baselines",
+        help="models versions <prefix>-<row> (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help="comma-separated subset (default: %(default)s)"
+    )
+    for stage in ("clean", "codes", "embeddings"):
+        parser.add_argument(
+            f"--{stage}-version", default=None, help=f"{stage} version (default: CURRENT)"
+        )
+    parser.add_argument(
+        "--model-config", default="{}", help="JSON ModelConfig overrides (default: {})"
+    )
+    parser.add_argument(
+        "--no-mlflow", action="store_true", help="log no MLflow runs (default: one per row)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="also print the rows as JSON (default: off)"
+    )
+    add_config_flags(parser, TrainConfig, only=SHARED_FLAGS)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """`vqrec baselines`: ID-only / text / VQ-Rec scratch / VQ-Rec transfer on one domain."""
-    parser = argparse.ArgumentParser(prog="vqrec baselines", description=main.__doc__)
-    parser.add_argument("--lake", default=None)
-    parser.add_argument("--domain", required=True)
-    parser.add_argument("--pretrain-domains", required=True, help="comma-separated")
-    parser.add_argument("--backbone-version", default=None, help="reuse a pre-trained backbone")
-    parser.add_argument("--prefix", default="baselines", help="models versions: <prefix>-<row>")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
-    parser.add_argument("--clean-version", default=None)
-    parser.add_argument("--codes-version", default=None)
-    parser.add_argument("--embeddings-version", default=None)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--targets", default="last", choices=["last", "all"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--model-config", default="{}")
-    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    domain = validate_name(args.domain, "domain")
-    pretrain_domains = [
-        validate_name(d.strip(), "domain") for d in args.pretrain_domains.split(",")
-    ]
+    try:
+        domain = validate_name(args.domain, "domain")
+        pretrain_domains = [
+            validate_name(d.strip(), "domain") for d in args.pretrain_domains.split(",")
+        ]
+        prefix = validate_name(args.prefix, "prefix")
+    except ValueError as err:
+        print(f"vqrec baselines: error: {err}", file=sys.stderr)
+        return 2
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    shared = ["--epochs", str(args.epochs), "--patience", str(args.patience)]
-    shared += ["--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-    shared += ["--targets", args.targets, "--device", args.device]
-    shared += ["--model-config", args.model_config]
+    shared = [f"--{k.replace('_', '-')}={v}" for k, v in config_kwargs(args, SHARED_FLAGS).items()]
+    shared += ["--model-config", args.model_config] + (["--no-mlflow"] if args.no_mlflow else [])
     for flag in ("clean_version", "codes_version"):
         if getattr(args, flag):
             shared += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     finetune_flags = []
     if args.embeddings_version:
         finetune_flags = ["--embeddings-version", args.embeddings_version]
-    results = run_baselines(
-        args.lake,
-        domain,
-        pretrain_domains,
-        validate_name(args.prefix, "prefix"),
-        shared,
-        args.backbone_version,
-        rows,
-        finetune_flags=finetune_flags,
-    )
+    try:
+        results = run_baselines(
+            args.lake, domain, pretrain_domains, prefix, shared, args.backbone_version, rows,
+            finetune_flags=finetune_flags,
+        )  # fmt: skip
+    except RowFailed as err:
+        print(f"vqrec baselines: error: {err}", file=sys.stderr)
+        return 2
     print(f"{domain}, test (early-stopped on valid NDCG@10):")
     print(format_table({name: r["test"] for name, r in results.items()}))
     if args.json:

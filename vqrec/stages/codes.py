@@ -25,26 +25,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import faiss
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, STRATEGIES, check_strategy
-from vqrec.core.quantizer import (
-    assign_codes,
-    check_fit_shape,
-    code_stats,
-    factory_string,
-    fit_quantizer,
-    is_normalizing,
-    load_quantizer,
-    quantizer_shape,
-    reconstruction_error,
-    save_quantizer,
-)
 from vqrec.lake.store import (
     LakeError,
     default_version,
@@ -53,8 +36,14 @@ from vqrec.lake.store import (
     staged_version,
     validate_name,
 )
-from vqrec.lake.tables import read_item_embeddings, read_item_ids, training_items
 from vqrec.stages.flags import add_config_flags
+
+if TYPE_CHECKING:
+    import faiss
+    import numpy as np
+
+# faiss, numpy, pyarrow and the quantizer are imported inside the functions that use them:
+# `vqrec codes --help` (and anything that only needs CodesConfig) must not load faiss.
 
 log = logging.getLogger("vqrec.quantize")
 
@@ -71,8 +60,12 @@ class CodesConfig:
     """What the codes stage fits and writes. Lists are kept sorted: order never matters."""
 
     # Each field's help is its `vqrec codes` flag's help (vqrec.stages.flags).
-    pretrain_domains: tuple[str, ...] = field(metadata={"help": "comma-separated"})
-    target_domains: tuple[str, ...] = field(default=(), metadata={"help": "comma-separated"})
+    pretrain_domains: tuple[str, ...] = field(
+        metadata={"help": "comma-separated pre-training domains (one joint quantizer)"}
+    )
+    target_domains: tuple[str, ...] = field(
+        default=(), metadata={"help": "comma-separated target domains (see --strategy)"}
+    )
     strategy: str = field(
         default=DEFAULT_STRATEGY,
         metadata={
@@ -81,19 +74,27 @@ class CodesConfig:
         },
     )
     lake: str | None = field(
-        default=None, metadata={"help": "lake root (default $VQREC_LAKE or ./var/lake)"}
+        default=None, metadata={"help": "lake root (default: $VQREC_LAKE or ./var/lake)"}
     )
     version: str | None = field(
-        default=None, metadata={"help": "output version (default: UTC timestamp)"}
+        default=None, metadata={"help": "codes version to write (default: a UTC timestamp)"}
     )
-    embeddings_version: str | None = field(default=None, metadata={"help": "default: CURRENT"})
+    embeddings_version: str | None = field(
+        default=None, metadata={"help": "embeddings version to code (default: CURRENT)"}
+    )
     clean_version: str | None = field(
-        default=None, metadata={"help": "default: the embeddings' clean version, or CURRENT"}
+        default=None,
+        metadata={
+            "help": "clean version whose training items fit the quantizers (default: the "
+            "embeddings' own, else CURRENT)"
+        },
     )
     code_dim: int = field(default=32, metadata={"help": "D sub-vectors"})
     bits: int = field(default=8, metadata={"help": "M = 2**bits centroids per sub-vector"})
-    seed: int = 0
-    niter: int | None = field(default=None, metadata={"help": "OPQ iterations (faiss default 50)"})
+    seed: int = field(default=0, metadata={"help": "k-means / OPQ random seed"})
+    niter: int | None = field(
+        default=None, metadata={"help": "OPQ iterations (default: faiss's, 50)"}
+    )
     normalize: bool = field(
         default=False,
         metadata={"help": "L2-normalise before OPQ (official: raw PLM vectors)"},
@@ -102,7 +103,7 @@ class CodesConfig:
         default=True,
         metadata={"help": "fit on training items only (--no-strict: on every item)"},
     )
-    threads: int = 1
+    threads: int = field(default=1, metadata={"help": "faiss threads (fit and assignment)"})
     move_current: bool = field(
         default=True,
         metadata={"help": "move CURRENT here (--no-move-current: a one-domain backfill)"},
@@ -113,7 +114,8 @@ class CodesConfig:
     frozen_from: str | None = field(
         default=None,
         metadata={
-            "help": "codes version whose quantizers to reuse frozen (no refit) where it has them"
+            "help": "codes version whose quantizers to reuse frozen (no refit) where it has "
+            "them (default: none, fit all)"
         },
     )
 
@@ -152,6 +154,10 @@ class _Domain:
 
 
 def _load_domain(cfg: CodesConfig, emb_dir: Path, clean_dir: Path, domain: str) -> _Domain:
+    import numpy as np
+
+    from vqrec.lake.tables import read_item_embeddings, training_items
+
     item_idx, x = read_item_embeddings(emb_dir, domain)
     if cfg.strict:
         train = training_items(clean_dir, domain)
@@ -170,6 +176,10 @@ def _load_domain(cfg: CodesConfig, emb_dir: Path, clean_dir: Path, domain: str) 
 
 
 def _fit(cfg: CodesConfig, name: str, domains: list[_Domain]) -> tuple[faiss.Index, dict]:
+    import numpy as np
+
+    from vqrec.core.quantizer import fit_quantizer
+
     x = np.concatenate([d.x[d.train_mask] for d in domains])
     log.info(
         "fitting quantizer %s on %d items (%s)", name, len(x), ",".join(d.name for d in domains)
@@ -188,6 +198,9 @@ def _fit(cfg: CodesConfig, name: str, domains: list[_Domain]) -> tuple[faiss.Ind
 
 
 def _write_codes(out: Path, dom: _Domain, codes: np.ndarray, quantizer: str) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = out / "codes" / f"domain={dom.name}" / "part-00000.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     code_dim = codes.shape[1]
@@ -236,6 +249,13 @@ def _quantizers(
 ) -> tuple[dict[str, faiss.Index], dict[str, dict], dict[str, str]]:
     """The quantizers this run codes with (fitted, or reused from ``frozen_from``), what is
     known of each (fit domains, sizes, seconds), and the quantizer of every domain."""
+    from vqrec.core.quantizer import (
+        check_fit_shape,
+        is_normalizing,
+        load_quantizer,
+        quantizer_shape,
+    )
+
     quantizers: dict[str, faiss.Index] = {}
     quantizer_info: dict[str, dict] = {}
     frozen_dir = resolve_version(cfg.lake, "codes", cfg.frozen_from) if cfg.frozen_from else None
@@ -302,6 +322,10 @@ def _seen_at_fit(
         return 0 if fit_version else None
     if clean_dir is None:
         return None
+    import numpy as np
+
+    from vqrec.lake.tables import read_item_ids, training_items
+
     fit_dir = resolve_version(cfg.lake, "clean", fit_version)
     seen = set(read_item_ids(fit_dir, dom.name)[training_items(fit_dir, dom.name)])
     return int(np.isin(read_item_ids(clean_dir, dom.name)[dom.item_idx], list(seen)).sum())
@@ -313,6 +337,8 @@ def _code_domain(
     """Code every item of ``dom`` with quantizer ``name``, write its codes table into the
     staged version ``out``; returns its code statistics (``n_fit``: how many of its items
     the quantizer was fitted on, None if not known)."""
+    from vqrec.core.quantizer import assign_codes, code_stats, reconstruction_error
+
     t0 = time.perf_counter()
     codes = assign_codes(index, dom.x, cfg.threads)
     _write_codes(out, dom, codes, name)
@@ -344,6 +370,10 @@ def run_codes(config: CodesConfig) -> dict[str, Any]:
 
     Returns a summary: version, path, the quantizer of each domain and its code statistics.
     """
+    import faiss
+
+    from vqrec.core.quantizer import factory_string, is_normalizing, quantizer_shape, save_quantizer
+
     cfg = config
     emb_dir, emb_meta, clean_dir = _input_versions(cfg)
 
@@ -413,6 +443,8 @@ def code_new_items(
     quantizer is the one that coded ``domain`` in that version; a domain that version has
     never seen needs ``quantizer`` ("pretrain" for the shared strategy, or a domain name).
     """
+    from vqrec.core.quantizer import assign_codes, load_quantizer
+
     codes_dir = Path(codes_dir)
     config = json.loads((codes_dir / "config.json").read_text())
     known = config.get("quantizer_of_domain", {})

@@ -1,6 +1,9 @@
 """Stage evaluate: full-ranking metrics of a committed domain model on valid/test.
 
-Writes ``evaluation-<split>.json`` next to the model (the metrics are :mod:`vqrec.core.metrics`).
+Prints the result as JSON (the metrics are :mod:`vqrec.core.metrics`) and, with ``--out``,
+writes it to that file. Never into the model's folder: a committed version is immutable (its
+manifest would call any later file damage).
+torch is imported inside :func:`main`, after the flags are parsed (``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -10,24 +13,52 @@ import json
 import sys
 from dataclasses import asdict
 
-from vqrec.core.metrics import EvalConfig, evaluate, format_metrics
-from vqrec.core.trainer import pick_device
-from vqrec.lake.models import data_versions, load_domain_model
 from vqrec.lake.store import LakeError, atomic_path, lake_root, resolve_version, validate_name
-from vqrec.lake.tables import load_domain
+
+# EvalConfig's (vqrec.core.metrics, which imports torch); tests/stages check they agree.
+EVAL_BATCH_SIZE = 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``vqrec evaluate``."""
+    parser = argparse.ArgumentParser(prog="vqrec evaluate", description=main.__doc__)
+    parser.add_argument(
+        "--lake", default=None, help="lake root (default: $VQREC_LAKE or ./var/lake)"
+    )
+    parser.add_argument(
+        "--models-version", default=None, help="models version to read (default: CURRENT)"
+    )
+    parser.add_argument("--domain", required=True, help="the domain's model to score (required)")
+    parser.add_argument(
+        "--split", default="test", choices=["valid", "test"], help="split (default: test)"
+    )
+    parser.add_argument(
+        "--clean-version",
+        default=None,
+        help="clean version to score on (default: the one the model was trained on)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present) | cpu | cuda:N (default: auto)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help="rows per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="also write the JSON result to this file (default: none)"
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """`vqrec evaluate`: full-ranking metrics of a fine-tuned domain model on valid/test."""
-    parser = argparse.ArgumentParser(prog="vqrec evaluate", description=main.__doc__)
-    parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
-    parser.add_argument("--models-version", default=None, help="models version (CURRENT)")
-    parser.add_argument("--domain", required=True)
-    parser.add_argument("--split", default="test", choices=["valid", "test"])
-    parser.add_argument("--clean-version", default=None, help="default: the model's own")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from vqrec.core.metrics import EvalConfig, evaluate, format_metrics
+    from vqrec.core.trainer import pick_device
+    from vqrec.lake.models import data_versions, load_domain_model
+    from vqrec.lake.tables import load_domain
 
     try:
         domain = validate_name(args.domain, "domain")
@@ -67,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval_config": asdict(config),
         "metrics": metrics,
     }
-    # One whole file, atomically: the committed model folder never shows a partial write.
-    with atomic_path(path / f"evaluation-{args.split}.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+    if args.out:  # one whole file, atomically
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
     print(f"{domain} {args.split}: {format_metrics(metrics)}")
     print(json.dumps(result))
     return 0

@@ -72,9 +72,10 @@ def add_config_flags(
 
     ``defaults`` (a mapping or an instance of ``cls``) replaces the class defaults;
     ``only``/``skip`` select fields (``only`` keeps its order); ``overrides`` maps a field to
-    extra argparse keywords (e.g. narrower ``choices``). The help shows each default but None
-    (say what None means in the help). A field's
-    ``metadata`` may carry ``help`` and ``choices``. Returns the field names declared.
+    extra argparse keywords (e.g. narrower ``choices``). A field's ``metadata`` carries its
+    ``help`` (required: a flag that does not say what it is fails here, at the first
+    ``--help``, not in front of a user) and may carry ``choices``. The help shows each
+    default but None (say what None means in the help). Returns the field names declared.
     """
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in _fields(cls)}
@@ -87,7 +88,9 @@ def add_config_flags(
         f = by_name[name]
         default = _default_of(f, defaults)
         kwargs: dict[str, Any] = {"default": default, "dest": name}
-        kwargs["help"] = f.metadata.get("help", "")
+        if not f.metadata.get("help"):
+            raise TypeError(f"{cls.__name__}.{name} has no metadata help for its flag")
+        kwargs["help"] = f.metadata["help"]
         if "choices" in f.metadata:
             kwargs["choices"] = list(f.metadata["choices"])
         if hints[name] is bool:

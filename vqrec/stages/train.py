@@ -3,33 +3,26 @@
 ``vqrec pretrain`` commits ``models/<V>/backbone``; ``vqrec finetune`` commits the part
 ``models/<V>/domains/<d>`` (the folder contract: :mod:`vqrec.lake.models`). Checkpoints
 live under ``<lake>/checkpoints/<V>/<part>/`` until the commit, so a retried task resumes.
+
+Both commands log an MLflow run as the DAG's training tasks do (one mechanism,
+:func:`vqrec.mlops.tracking.stage_run`): ``--no-mlflow`` turns it off. torch, faiss and
+mlflow are imported inside the functions, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from vqrec.core.metrics import format_metrics
-from vqrec.core.model import ModelConfig, load_model
-from vqrec.core.sequences import DomainData, merge_domains
-from vqrec.core.trainer import (
-    MODES,
-    TrainConfig,
-    TrainResult,
-    finetune,
-    finetune_config,
-    pretrain,
-    world_rank,
-)
-from vqrec.lake.models import write_backbone, write_domain_part
+from vqrec.core.train_config import MODES, TrainConfig, finetune_config
 from vqrec.lake.store import (
     LakeError,
     default_version,
@@ -40,9 +33,14 @@ from vqrec.lake.store import (
     staged_version,
     validate_name,
 )
-from vqrec.lake.tables import load_domain
-from vqrec.stages.codes import code_new_items
 from vqrec.stages.flags import add_config_flags, config_from_dict, config_kwargs
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vqrec.core.model import ModelConfig
+    from vqrec.core.sequences import DomainData
+    from vqrec.core.trainer import TrainResult
 
 
 def _checkpoint_path(lake: Path, version: str, part: str) -> Path:
@@ -86,6 +84,10 @@ def backbone_codes(lake: Path, backbone_dir: Path, data: DomainData) -> np.ndarr
     The backbone's config names, per pre-training domain, the codes version and quantizer
     it was trained on; ``data.text`` holds the domain's embeddings (row 0 padding).
     """
+    import numpy as np
+
+    from vqrec.stages.codes import code_new_items
+
     info = json.loads((backbone_dir / "backbone" / "config.json").read_text())
     used = {(s["codes"], s.get("quantizer")) for s in info["data"].values()}
     if len(used) != 1 or None in next(iter(used)):
@@ -116,6 +118,11 @@ def pretrain_to_lake(
     Domains already committed in the version are kept. Under DDP only rank 0 writes; the
     other ranks return None.
     """
+    from vqrec.core.sequences import merge_domains
+    from vqrec.core.trainer import pretrain, world_rank
+    from vqrec.lake.models import write_backbone
+    from vqrec.lake.tables import load_domain
+
     lake = lake_root(lake)
     model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
     loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
@@ -164,6 +171,11 @@ def finetune_to_lake(
     aligned with the backbone, so there is no alignment phase) instead of from the backbone's
     pre-trained table. The version still gets ``backbone_version``'s backbone.
     """
+    from vqrec.core.model import load_model
+    from vqrec.core.trainer import finetune
+    from vqrec.lake.models import write_domain_part
+    from vqrec.lake.tables import load_domain
+
     lake = lake_root(lake)
     domain = validate_name(domain, "domain")
     backbone, backbone_dir = None, None
@@ -211,9 +223,7 @@ def finetune_to_lake(
     return result
 
 
-
 # ---------------------------------------------------------------------- CLI
-
 
 
 # TrainConfig fields every training command takes as flags (each command adds its own).
@@ -240,13 +250,36 @@ def _add_train_flags(
     """The common flags, then ``TRAIN_FLAGS + extra`` from TrainConfig with ``defaults``' values.
 
     Returns the TrainConfig fields declared (for :func:`_train_config`)."""
-    parser.add_argument("--lake", default=None, help="lake root (default $VQREC_LAKE)")
-    parser.add_argument("--version", default=None, help="models version to write")
-    parser.add_argument("--clean-version", default=None)
-    parser.add_argument("--codes-version", default=None)
-    parser.add_argument("--resume", action="store_true", help="continue from the last epoch")
     parser.add_argument(
-        "--model-config", default="{}", help='JSON ModelConfig overrides, e.g. {"hidden": 64}'
+        "--lake", default=None, help="lake root (default: $VQREC_LAKE or ./var/lake)"
+    )
+    parser.add_argument(
+        "--version", default=None, help="models version to write (default: a UTC timestamp)"
+    )
+    parser.add_argument(
+        "--clean-version", default=None, help="clean version to train on (default: CURRENT)"
+    )
+    parser.add_argument(
+        "--codes-version", default=None, help="codes version to train on (default: CURRENT)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last finished epoch (default: off)"
+    )
+    parser.add_argument(
+        "--model-config",
+        default="{}",
+        help='JSON object of ModelConfig overrides, e.g. {"hidden": 64} (default: {})',
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="MLflow pipeline run to log under (default: the models version, as `vqrec "
+        "register` names it)",
+    )
+    parser.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="log no MLflow run (default: log one to $MLFLOW_TRACKING_URI, else the lake's store)",
     )
     return add_config_flags(parser, TrainConfig, defaults, only=TRAIN_FLAGS + extra, **kw)
 
@@ -257,10 +290,52 @@ def _train_config(args: argparse.Namespace, names: list[str], **fixed) -> TrainC
 
 def _model_config(args: argparse.Namespace, **fixed) -> ModelConfig:
     """``--model-config`` (a JSON object of ModelConfig fields); bad keys: a ValueError."""
-    return config_from_dict(ModelConfig, json.loads(args.model_config), "--model-config", **fixed)
+    from vqrec.core.model import ModelConfig
+
+    try:
+        values = json.loads(args.model_config)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-config is not JSON: {exc}") from None
+    return config_from_dict(ModelConfig, values, "--model-config", **fixed)
 
 
-# Bad input (names, versions, configs, a refused checkpoint): one line on stderr, exit 2.
+@contextlib.contextmanager
+def _logged_run(
+    args: argparse.Namespace,
+    lake: Path,
+    version: str,
+    stage: str,
+    cfg: TrainConfig,
+    domain: str | None = None,
+) -> Iterator[Any]:
+    """The MLflow run of a training command, as the DAG logs it: the child run ``stage``
+    (``pretrain``, ``finetune-<d>``) of the pipeline run ``--run-id`` (default the models
+    version), the TrainConfig as params; yields :mod:`vqrec.mlops.tracking` (None with
+    ``--no-mlflow`` or on a torchrun rank other than 0) for the caller to log the committed
+    model with. The store is checked before any training (a bad one: a ValueError, one line).
+
+    A parent the command made itself (no ``--run-id``) is ended with the stage, so no run
+    stays RUNNING after the command; a given ``--run-id`` belongs to whoever runs the pipeline.
+    """
+    if args.no_mlflow or os.environ.get("RANK", "0") != "0":
+        yield None
+        return
+    from vqrec.mlops import tracking
+
+    run_key = args.run_id or version
+    status = "FAILED"
+    with tracking.stage_run(lake, run_key, stage, domain=domain):
+        try:
+            tracking.log_params({"train": cfg})
+            yield tracking
+            status = "FINISHED"
+        finally:
+            if not args.run_id:
+                tracking.end_pipeline_run(lake, run_key, status)
+
+
+# Bad input (names, versions, configs, a refused checkpoint, an unwritable MLflow store):
+# one line on stderr, exit 2.
 CLI_ERRORS = (ValueError, LakeError, FileNotFoundError)
 
 
@@ -273,7 +348,9 @@ def main_pretrain(argv: list[str] | None = None) -> int:
     """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
     parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
     names = _add_train_flags(parser, TrainConfig(), ("rho", "valid_rows"))
-    parser.add_argument("--domains", required=True, help="comma-separated pre-training domains")
+    parser.add_argument(
+        "--domains", required=True, help="comma-separated pre-training domains (required)"
+    )
     args = parser.parse_args(argv)
     try:
         lake = lake_root(args.lake)
@@ -281,16 +358,20 @@ def main_pretrain(argv: list[str] | None = None) -> int:
         version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(args, names, mode="pretrain")
         model_cfg = _model_config(args)
-        result = pretrain_to_lake(
-            lake,
-            version,
-            domains,
-            cfg,
-            model_cfg,
-            args.clean_version,
-            args.codes_version,
-            args.resume,
-        )
+        with _logged_run(args, lake, version, "pretrain", cfg) as tracking:
+            result = pretrain_to_lake(
+                lake,
+                version,
+                domains,
+                cfg,
+                model_cfg,
+                args.clean_version,
+                args.codes_version,
+                args.resume,
+            )
+            if tracking is not None and result is not None:
+                backbone = resolve_version(lake, "models", version) / "backbone"
+                tracking.log_model_dir(backbone, lake=lake)
     except CLI_ERRORS as err:
         return _cli_error("pretrain", err)
     if result is None:  # a DDP rank other than 0
@@ -312,10 +393,24 @@ def main_finetune(argv: list[str] | None = None) -> int:
         ("mode", "permutation", "permutation_epochs"),
         overrides={"mode": {"choices": [m for m in MODES if m != "pretrain"]}},
     )
-    parser.add_argument("--domain", required=True)
-    parser.add_argument("--backbone-version", default=None, help="models version (CURRENT)")
-    parser.add_argument("--item-encoder", default="vq", choices=["vq", "id", "text"])
-    parser.add_argument("--embeddings-version", default=None)
+    parser.add_argument("--domain", required=True, help="the domain to fine-tune (required)")
+    parser.add_argument(
+        "--backbone-version",
+        default=None,
+        help="models version whose backbone is transferred (default: CURRENT)",
+    )
+    parser.add_argument(
+        "--item-encoder",
+        default="vq",
+        choices=["vq", "id", "text"],
+        help="vq: item codes (VQ-Rec); id: an embedding per item (SASRec); text: the "
+        "sentence embedding through a linear adaptor (default: vq)",
+    )
+    parser.add_argument(
+        "--embeddings-version",
+        default=None,
+        help="embeddings version (text encoder, matched alignment) (default: CURRENT)",
+    )
     args = parser.parse_args(argv)
     try:
         lake = lake_root(args.lake)
@@ -323,20 +418,26 @@ def main_finetune(argv: list[str] | None = None) -> int:
         version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(args, names)
         model_cfg = _model_config(args, item_encoder=args.item_encoder)
-        result = finetune_to_lake(
-            lake,
-            version,
-            domain,
-            cfg,
-            model_cfg,
-            backbone_version=args.backbone_version,
-            clean_version=args.clean_version,
-            codes_version=args.codes_version,
-            embeddings_version=args.embeddings_version,
-            resume=args.resume,
-        )
+        with _logged_run(args, lake, version, f"finetune-{domain}", cfg, domain) as tracking:
+            result = finetune_to_lake(
+                lake,
+                version,
+                domain,
+                cfg,
+                model_cfg,
+                backbone_version=args.backbone_version,
+                clean_version=args.clean_version,
+                codes_version=args.codes_version,
+                embeddings_version=args.embeddings_version,
+                resume=args.resume,
+            )
+            if tracking is not None:
+                part = resolve_part(lake, "models", version, f"domains/{domain}")
+                tracking.log_model_dir(part, lake=lake)
     except CLI_ERRORS as err:
         return _cli_error("finetune", err)
+    from vqrec.core.metrics import format_metrics
+
     print(f"{domain} test: {format_metrics(result.metrics['test'])}", file=sys.stderr)
     print(json.dumps({"version": version, "domain": domain, "test": result.metrics["test"]}))
     return 0
