@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent Airflow setup for local runs: metadata DB (SQLite under $AIRFLOW_HOME) and
+# Idempotent Airflow setup: migrate the metadata DB AIRFLOW__DATABASE__SQL_ALCHEMY_CONN names
+# (SQLite under $AIRFLOW_HOME by default; PostgreSQL on the local stack) and create
 # the gpu pool the GPU stages are routed to. Source infra/env.sh first.
 set -euo pipefail
 mkdir -p "$AIRFLOW_HOME"

@@ -2,10 +2,13 @@
 # The MLflow UI + REST server over the lake's tracking store (the default one that the
 # pipeline writes: sqlite:///<lake>/mlflow/mlflow.db, artifacts in <lake>/mlflow/artifacts).
 #   bash infra/mlflow_server.sh [port]        (lake: $VQREC_LAKE or ./var/lake)
-# One worker (about half the memory of MLflow's default); it is ready when
-# `curl localhost:PORT/health` answers OK (seconds on a quiet machine, longer on a busy one).
-# Production: point MLFLOW_TRACKING_URI of the pipeline at a shared server that uses
-# --artifacts-destination instead (artifacts proxied over HTTP).
+# One worker instead of MLflow's default four (one person's UI needs no more, at a fraction
+# of the memory); it is ready when `curl 127.0.0.1:PORT/health` answers OK: poll that, the
+# time to it depends on the machine's load.
+# This is the store infra/main.sh writes. The local stack (infra/stack.sh, docs/STACK.md)
+# runs its own server on PostgreSQL at the URL `stack.sh up` prints; production
+# (infra/compose) one on PostgreSQL with S3 artifacts, proxied over HTTP
+# (--artifacts-destination), which the pipeline reaches through MLFLOW_TRACKING_URI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${1:-5000}"

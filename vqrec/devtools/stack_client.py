@@ -80,15 +80,19 @@ class AirflowClient:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.call("GET", f"dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}")
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        """task id (with map index for mapped tasks) -> state."""
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """task id (with map index for mapped tasks) -> the task instance as the API gives
+        it (state, queue, hostname, pool, try_number, ...)."""
         quoted = urllib.parse.quote(run_id)
         doc = self.call("GET", f"dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=100")
-        states = {}
-        for ti in doc["task_instances"]:
-            key = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
-            states[key] = ti["state"]
-        return states
+        return {
+            ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti
+            for ti in doc["task_instances"]
+        }
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """task id (with map index for mapped tasks) -> state."""
+        return {key: ti["state"] for key, ti in self.task_instances(dag_id, run_id).items()}
 
     def wait(self, dag_id: str, run_id: str, timeout: float, poll: float = 5.0) -> dict:
         """Poll until the run ends; a failed or timed-out run raises with its task states."""
