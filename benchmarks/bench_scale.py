@@ -1,0 +1,250 @@
+"""The cost curve: wall time and peak memory of every stage against data size (not a test).
+
+    python benchmarks/bench_scale.py run [--sizes 200000,2000000,20000000]   # resumable
+    python benchmarks/bench_scale.py report    # table, slopes, docs/scale.png
+
+For each size (events in one synthetic domain, the demo generator scaled: ~17 events a user,
+about one item per 100 events, so 20M events are ~1.2M users and ~200k items) the script
+generates the raw data under ``var/scale/<events>/raw`` and runs the stages as the CLI runs
+them, each in its own process, on a lake of its own:
+
+    clean -> encode (items only) -> codes -> train (one epoch, scratch) -> evaluate (test,
+    full ranking) -> register (a local MLflow store) -> recommend (top-10 for every user)
+
+and appends one JSON line per finished (size, stage) to ``benchmarks/results/scale.jsonl``:
+wall time, peak memory (the resident set of the stage's whole process tree, Spark's JVM
+included, sampled every 0.2 s) and the counts. A stage already recorded whose output is still
+on the lake is skipped, so a stopped run resumes where it was. ``report`` fits the slope of
+log(time) against log(events) per stage (1.0 = linear) and draws the log-log plot.
+
+Wall times are whatever the machine gives: the record says how many CPUs it had and the load
+average when the stage started, so a figure from a loaded machine says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "var" / "scale"
+RESULTS = ROOT / "benchmarks" / "results" / "scale.jsonl"
+PLOT = ROOT / "docs" / "scale.png"
+DOMAIN = "Arts"
+EVENTS_PER_USER = 17  # the demo's regular users: 5-30 events, a few short ones
+EVENTS_PER_ITEM = 100
+STAGES = ("clean", "encode", "codes", "train", "evaluate", "register", "recommend")
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants (0 for those already gone)."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run ``cmd``; its wall time and the peak RSS of its process tree (sampled every 0.2 s)."""
+    peak = 0
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        child = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = psutil.Process(child.pid)
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, _tree_rss(proc))
+                stop.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        rc = child.wait()
+        stop.set()
+        sampler.join()
+    wall = time.perf_counter() - t0
+    if rc:
+        tail = log.read_text().splitlines()[-15:]
+        raise SystemExit(f"{' '.join(cmd[2:4])} failed (rc {rc}); log {log}:\n" + "\n".join(tail))
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20), "load_at_start": load}
+
+
+def generate(events: int, raw: Path) -> dict:
+    """The demo generator at ``events`` events in one domain; returns its manifest entry."""
+    from vqrec.devtools.demo import DemoConfig, generate_demo
+
+    done = raw / "demo_manifest.json"
+    if done.exists():
+        return json.loads(done.read_text())["domains"][DOMAIN]
+    # items = 12 topics x series_per_topic x ~5 items a series
+    series = max(4, round(events / EVENTS_PER_ITEM / 60))
+    config = DemoConfig(series_per_topic=series)
+    manifest = generate_demo(raw, seed=0, users=events // EVENTS_PER_USER, domains=[DOMAIN],
+                             config=config)  # fmt: skip
+    return manifest["domains"][DOMAIN]
+
+
+def stage_commands(work: Path) -> dict[str, tuple[list[str], Path]]:
+    """Stage -> (the CLI command, the lake folder its success leaves)."""
+    lake = work / "lake"
+    cli = [sys.executable, "-m", "vqrec.cli"]
+    common = ["--lake", str(lake)]
+    return {
+        "clean": (cli + ["clean", "--raw", str(work / "raw" / DOMAIN), "--version", "s"] + common,
+                  lake / "clean" / "s"),
+        "encode": (cli + ["encode", "--clean-version", "s", "--version", "s"] + common,
+                   lake / "embeddings" / "s"),
+        "codes": (cli + ["codes", "--target-domains", DOMAIN, "--pretrain-domains", "",
+                         "--strategy", "domain", "--embeddings-version", "s",
+                         "--clean-version", "s", "--version", "s"] + common,
+                  lake / "codes" / "s"),
+        "train": (cli + ["finetune", "--mode", "scratch", "--domain", DOMAIN, "--epochs", "1",
+                         "--clean-version", "s", "--codes-version", "s", "--version", "s",
+                         "--no-progress"] + common,
+                  lake / "models" / "s"),
+        "evaluate": (cli + ["evaluate", "--models-version", "s", "--domain", DOMAIN,
+                            "--split", "test", "--clean-version", "s"] + common, None),
+        "register": (cli + ["register", "--version", "s", "--no-backbone",
+                            "--domains", DOMAIN] + common, None),
+        "recommend": (cli + ["recommend", "--clean-version", "s", "--version", "s",
+                             "--domains", DOMAIN] + common,
+                      lake / "recommendations" / "s"),
+    }  # fmt: skip
+
+
+def _records() -> list[dict]:
+    if not RESULTS.exists():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def _train_epoch_s(work: Path) -> float | None:
+    """The one training epoch's own seconds (without its validation), from metrics.json."""
+    metrics = work / "lake" / "models" / "s" / "domains" / DOMAIN / "metrics.json"
+    if not metrics.exists():
+        return None
+    history = [h for h in json.loads(metrics.read_text())["history"] if h["phase"] == "train"]
+    return round(history[0]["seconds"], 1) if history else None
+
+
+def run_size(events: int) -> None:
+    work = WORK / str(events)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    entry = generate(events, work / "raw")
+    done = {r["stage"] for r in _records() if r["size_events"] == events}
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "PYSPARK_PYTHON": sys.executable,
+    }  # fmt: skip
+    for stage, (cmd, output) in stage_commands(work).items():
+        if stage in done and (output is None or output.exists()):
+            continue
+        print(f"{events:>11,} events  {stage:<9}", end=" ", flush=True)
+        record = measure(cmd, env, work / "logs" / f"{stage}.log")
+        record = {"size_events": events, "stage": stage} | record | {
+            "users": entry["users"], "items": entry["items"], "events": entry["events"],
+            "cpus": os.cpu_count(), "commit": _commit(),
+        }  # fmt: skip
+        if stage == "train":
+            record["epoch_s"] = _train_epoch_s(work)
+        print(f"{record['wall_s']:>8.1f} s  {record['peak_rss_mb']:>6} MiB", flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _latest() -> dict[tuple[int, str], dict]:
+    """The last record of each (size, stage): a rerun replaces an earlier figure."""
+    return {(r["size_events"], r["stage"]): r for r in _records()}
+
+
+def slopes(latest: dict[tuple[int, str], dict]) -> dict[str, float]:
+    """Per stage, the least-squares slope of log(wall time) against log(events)."""
+    import numpy as np
+
+    out = {}
+    for stage in STAGES:
+        points = sorted((s, r["wall_s"]) for (s, st), r in latest.items() if st == stage)
+        if len(points) >= 2:
+            x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+            out[stage] = float(np.polyfit(x, y, 1)[0])
+    return out
+
+
+def report() -> None:
+    latest = _latest()
+    sizes = sorted({s for s, _ in latest})
+    print(f"{'stage':<10}" + "".join(f"{s:>22,}" for s in sizes) + "   slope")
+    fitted = slopes(latest)
+    for stage in STAGES:
+        cells = []
+        for s in sizes:
+            r = latest.get((s, stage))
+            cells.append(f"{r['wall_s']:>9.1f} s {r['peak_rss_mb']:>6} MiB" if r else " " * 22)
+        slope = f"{fitted[stage]:7.2f}" if stage in fitted else ""
+        print(f"{stage:<10}" + "".join(f"{c:>22}" for c in cells) + slope)
+    if sizes:
+        first = [latest[k] for k in latest if k[0] == sizes[-1]][0]
+        print(f"(largest: {first['users']:,} users, {first['items']:,} items; wall time, peak "
+              "RSS of the stage's process tree)")  # fmt: skip
+    _plot(latest)
+
+
+def _plot(latest: dict[tuple[int, str], dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for stage in STAGES:
+        points = sorted((s, r["wall_s"]) for (s, st), r in latest.items() if st == stage)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=stage)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events (one synthetic domain)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("vqrec stages against data size (2-core CPU machine)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=120)
+    print(f"plot: {PLOT.relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--sizes", default="200000,2000000,20000000",
+                        help="comma-separated event counts (default: %(default)s)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        for events in sorted(int(s) for s in args.sizes.split(",") if s):
+            run_size(events)
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
