@@ -12,8 +12,9 @@ import torch
 
 from tests.conftest import SHARED_DATA
 from vqrec.core.sequences import DataError, Sequences, batch_rows, merge_domains
+from vqrec.lake.manifest import MANIFEST
 from vqrec.lake.reference import read_reference_domain
-from vqrec.lake.store import staged_version
+from vqrec.lake.store import DamagedVersion, adopt_version, staged_version
 from vqrec.lake.tables import load_domain
 
 
@@ -168,6 +169,11 @@ def test_bad_inputs_name_the_file(lake: Path) -> None:
     codes_part = next((lake / "codes" / "v1" / "codes" / "domain=A").glob("*.parquet"))
     table = pq.read_table(codes_part)
     pq.write_table(table.slice(0, 9), codes_part)
+    with pytest.raises(DamagedVersion, match="codes/v1 is damaged"):  # not as committed
+        load_domain(lake, "A")
+    # As if the codes stage itself had committed the short table: the reader refuses it.
+    (lake / "codes" / "v1" / MANIFEST).unlink()
+    adopt_version(lake, "codes", "v1")
     with pytest.raises(DataError, match="1 items have no code"):
         load_domain(lake, "A")
     with pytest.raises(ValueError, match="invalid domain"):
