@@ -37,7 +37,8 @@ from tests.support.world import DOMAIN, MODELS, copy_world
 from vqrec.cli import main as vqrec
 from vqrec.core.model import ModelConfig
 from vqrec.core.trainer import TrainConfig
-from vqrec.lake.store import resolve_version
+from vqrec.lake.manifest import MANIFEST
+from vqrec.lake.store import adopt_version, resolve_version
 from vqrec.mlops import registry, tracking
 from vqrec.orchestration import pipeline
 from vqrec.stages.codes import code_new_items
@@ -125,6 +126,15 @@ def test_crafted_checkpoints_are_refused_and_never_unpickled(lake, tmp_path):
     assert sorted(p.name for p in (lake / "models").iterdir()) == sorted(["CURRENT", *MODELS])
 
 
+def _recorded_as_committed(lake, stage: str, version: str) -> None:
+    """Re-record a version's manifests as they are now: as if its stage had committed the
+    crafted files (the manifest check refuses them first otherwise; these tests are about
+    the loaders' own defence behind it)."""
+    for manifest in (Path(lake) / stage / version).rglob(MANIFEST):
+        manifest.unlink()
+    adopt_version(lake, stage, version)
+
+
 def test_crafted_weights_tables_and_quantizers_in_the_lake_are_refused(lake, tmp_path):
     marker = tmp_path / "PWNED"
     blob = pickle.dumps(payloads(marker)[0])
@@ -137,18 +147,25 @@ def test_crafted_weights_tables_and_quantizers_in_the_lake_are_refused(lake, tmp
     code, err = _cli(
         ["evaluate", "--lake", str(lake), "--models-version", "trained", "--domain", DOMAIN]
     )
+    assert code == 2 and "models/trained" in err and "is damaged" in err, err  # the manifest
+    _recorded_as_committed(lake, "models", "trained")
+    code, err = _cli(
+        ["evaluate", "--lake", str(lake), "--models-version", "trained", "--domain", DOMAIN]
+    )
     assert code == 2 and "model.safetensors is not a valid safetensors file" in err, err
 
     # The backbone's weights: a fine-tune on it refuses them.
     (models / "backbone" / "model.safetensors").write_bytes(blob)
+    _recorded_as_committed(lake, "models", "trained")
     code, err = _cli(["finetune", *small, "--version", "f1"])
     assert code == 2 and "backbone/model.safetensors is not a valid safetensors file" in err, err
 
-    # A clean table: reading it is Parquet's business, and Parquet holds no code.
+    # A clean table: Parquet holds no code, and the store never records a Parquet file
+    # without a footer in a manifest, so the manifest check is what refuses it.
     sequences = resolve_version(lake, "clean", "v1") / "sequences" / f"domain={DOMAIN}"
     (sequences / "part-0.parquet").write_bytes(blob)
     code, err = _cli(["finetune", *small, "--version", "f2", "--mode", "scratch"])
-    assert code == 2 and "Parquet magic bytes not found" in err, err
+    assert code == 2 and "clean/v1 is damaged" in err and "part-0.parquet" in err, err
 
     # A frozen quantizer: coding new items with it refuses the file.
     (codes / "quantizers" / f"{DOMAIN}.faiss").write_bytes(blob)
