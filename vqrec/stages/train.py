@@ -288,6 +288,18 @@ def _train_config(args: argparse.Namespace, names: list[str], **fixed) -> TrainC
     return TrainConfig(**config_kwargs(args, names), **fixed)
 
 
+INPUT_VERSION_FLAGS = ("clean_version", "codes_version", "backbone_version", "embeddings_version")
+
+
+def _check_input_versions(args: argparse.Namespace) -> None:
+    """Every input version flag the command has is a valid name (a ValueError otherwise),
+    checked before the MLflow run opens, so a bad flag writes nothing, not even a store."""
+    for flag in INPUT_VERSION_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            validate_name(value, "version")
+
+
 def _model_config(args: argparse.Namespace, **fixed) -> ModelConfig:
     """``--model-config`` (a JSON object of ModelConfig fields); bad keys: a ValueError."""
     from vqrec.core.model import ModelConfig
@@ -358,6 +370,7 @@ def main_pretrain(argv: list[str] | None = None) -> int:
         version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(args, names, mode="pretrain")
         model_cfg = _model_config(args)
+        _check_input_versions(args)
         with _logged_run(args, lake, version, "pretrain", cfg) as tracking:
             result = pretrain_to_lake(
                 lake,
@@ -418,6 +431,7 @@ def main_finetune(argv: list[str] | None = None) -> int:
         version = validate_name(args.version or default_version(), "version")
         cfg = _train_config(args, names)
         model_cfg = _model_config(args, item_encoder=args.item_encoder)
+        _check_input_versions(args)
         with _logged_run(args, lake, version, f"finetune-{domain}", cfg, domain) as tracking:
             result = finetune_to_lake(
                 lake,
