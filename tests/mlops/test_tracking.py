@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.support.world import DOMAIN, MODELS, copy_world
 from vqrec.lake.models import data_versions
-from vqrec.lake.store import resolve_version
+from vqrec.lake.store import DamagedVersion, resolve_version
 from vqrec.mlops import tracking
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,6 +250,17 @@ def test_training_runs_list_their_lake_versions_as_datasets(world):
             assert json.loads(logged.dataset.source) == {"uri": str(committed)}
             tags = {t.key: t.value for t in logged.tags}
             assert tags == {"mlflow.data.context": "training", "vqrec.stage": stage}
+
+
+def test_a_damaged_training_version_is_an_error_not_a_shorter_list(world, tmp_path):
+    """A version that was swept is left out (its name stays in the tags); one that is there
+    but damaged stops the logging: a run must never list less than the model read."""
+    lake = copy_world(world, tmp_path / "lake")["lake"]
+    model_dir = resolve_version(lake, "models", "trained") / "backbone"
+    clean = resolve_version(lake, "clean", data_versions(model_dir)["clean"])
+    next(clean.rglob("*.parquet")).unlink()
+    with pytest.raises(DamagedVersion, match="is missing"):
+        tracking.training_datasets(model_dir, lake)
 
 
 def _pretrain_against(lake: Path, store: str | None) -> tuple[subprocess.CompletedProcess, float]:

@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqrec.lake.store import LakeError, read_success, resolve_version, validate_name
+from vqrec.lake.store import (
+    DamagedVersion,
+    LakeError,
+    read_success,
+    resolve_version,
+    validate_name,
+)
 from vqrec.mlops import tracking
 
 if TYPE_CHECKING:
@@ -122,9 +128,13 @@ def _sha1(path: Path) -> str:
 
 
 def _encoder_info(lake: str | os.PathLike[str] | None, embeddings_version: str | None) -> dict:
-    """encoder_key / encoder_model / text_dim from an embeddings version's _SUCCESS."""
+    """encoder_key / encoder_model / text_dim from an embeddings version's _SUCCESS ({} when
+    there is no such version; a damaged one raises DamagedVersion, never a bundle without
+    its encoder)."""
     try:
         meta = read_success(resolve_version(lake, "embeddings", embeddings_version))
+    except DamagedVersion:
+        raise
     except LakeError:
         return {}
     return {

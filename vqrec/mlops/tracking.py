@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from vqrec.lake.store import SUCCESS, LakeError, lake_root, resolve_version, validate_name
+from vqrec.lake.store import (
+    SUCCESS,
+    DamagedVersion,
+    LakeError,
+    lake_root,
+    resolve_version,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     import mlflow
@@ -605,7 +612,8 @@ def training_datasets(
 ) -> dict[str, Dataset]:
     """``{stage: Dataset}`` of the clean / embeddings / codes versions a model folder was
     trained on (``lake``: default the lake the folder is in). A version since swept from the
-    lake is left out: its name stays in the run's ``vqrec.data.*`` tags."""
+    lake is left out: its name stays in the run's ``vqrec.data.*`` tags. A version that is
+    there but damaged raises DamagedVersion: the run must not list less than it read."""
     from vqrec.lake.models import data_versions  # imports torch: only when a model is logged
 
     lake = lake if lake is not None else model_lake(model_dir)
@@ -613,6 +621,8 @@ def training_datasets(
     for stage, version in data_versions(model_dir).items():
         try:
             out[stage] = lake_dataset(lake, stage, version)
+        except DamagedVersion:
+            raise
         except (LakeError, FileNotFoundError):
             continue
     return out
