@@ -250,6 +250,7 @@ def pretrain(target: str, cap_min: float) -> None:
         t0 = time.time()
         rc = main_pretrain(
             ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
+            + ["--no-mlflow"]  # the study's record is quality.jsonl; no MLflow store to race on
             + ["--version", version, "--codes-version", f"{target.lower()}-domain"]
             + ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
             + PRETRAIN_FLAGS
@@ -296,7 +297,7 @@ def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float
     t0 = time.time()
     rc = main_finetune(
         ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
-        + ["--version", version, "--domain", target, "--seed", str(seed)]
+        + ["--no-mlflow", "--version", version, "--domain", target, "--seed", str(seed)]
         + ["--codes-version", f"{target.lower()}-{strategy}", "--embeddings-version", "reference"]
         + ["--backbone-version", backbone_version(target), "--time-budget-min", str(cap_min)]
         + ROW_FLAGS

@@ -263,6 +263,37 @@ def test_a_damaged_training_version_is_an_error_not_a_shorter_list(world, tmp_pa
         tracking.training_datasets(model_dir, lake)
 
 
+def test_processes_creating_the_store_at_once_all_succeed(tmp_path):
+    """Parallel fine-tunes on a fresh lake each open the default SQLite store: MLflow's
+    first open runs its schema migrations, and two at once used to end one of them in an
+    alembic "expected to match one row" traceback. Four real processes, released together."""
+    lake = tmp_path / "lake"
+    go = tmp_path / "go"
+    script = (
+        "import sys, time, pathlib\n"
+        "from vqrec.mlops import tracking\n"
+        "go = pathlib.Path(sys.argv[2])\n"
+        "while not go.exists(): time.sleep(0.01)\n"
+        "print(tracking.setup_tracking(sys.argv[1], 'parallel'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(lake), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(8)  # every process imported mlflow and waits
+    go.touch()
+    done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in done), [err[-600:] for _, _, err in done]
+    assert len({out.strip() for _, out, _ in done}) == 1  # one experiment, found by all
+
+
 def _pretrain_against(lake: Path, store: str | None) -> tuple[subprocess.CompletedProcess, float]:
     """`vqrec pretrain` in a fresh process with ``store`` as $MLFLOW_TRACKING_URI (None: the
     lake's default store); returns the process and its wall seconds."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -164,6 +165,28 @@ def artifact_root(lake: str | os.PathLike[str] | None = None) -> Path:
     return lake_root(lake) / "mlflow" / "artifacts"
 
 
+@contextlib.contextmanager
+def _store_open_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a local SQLite store while MLflow opens it.
+
+    MLflow's first open of a SQLite file creates its schema through alembic migrations;
+    two processes doing it at once (parallel fine-tunes on a fresh lake) leave one of them
+    in a "expected to match one row" traceback. Opening an existing store under the lock
+    costs a few milliseconds; a server or another store kind needs no lock.
+    """
+    path = local_store_path(uri) if uri.startswith("sqlite:") else None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.open-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def setup_tracking(
     lake: str | os.PathLike[str] | None = None, experiment: str = DEFAULT_EXPERIMENT
 ) -> str:
@@ -184,8 +207,9 @@ def setup_tracking(
         _EXPORTED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, registry_uri=uri)
-    found = client.get_experiment_by_name(experiment)
+    with _store_open_lock(uri):  # the client opens (and on first use creates) the store
+        client = MlflowClient(uri, registry_uri=uri)
+        found = client.get_experiment_by_name(experiment)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
