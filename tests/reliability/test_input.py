@@ -98,7 +98,10 @@ def test_corpus_covers_every_case(corpus: Corpus):
         "unsafe_domain_name",
     }  # fmt: skip
     assert required <= kinds
-    # Every line of every generated file has exactly one expectation.
+    assert {"quoted_newline_field", "missing_optional_trailing_field"} <= kinds
+    assert {"csv_header_semicolons", "csv_header_duplicate_names"} <= kinds
+    # Every line of every generated file belongs to exactly one expectation (a CSV header
+    # to none; a record whose quoted field holds line breaks spans several lines).
     for domain, folder in corpus.domains.items():
         for path in sorted(p for p in folder.iterdir() if p.stat().st_size):
             data = path.read_bytes()
@@ -107,7 +110,9 @@ def test_corpus_covers_every_case(corpus: Corpus):
             data = data.replace(b"\r\n", b"\n")
             n_lines = len((data[:-1] if data.endswith(b"\n") else data).split(b"\n"))
             rows = [r for r in corpus.rows if (r.domain, r.source) == (domain, path.name)]
-            assert [r.line for r in rows] == list(range(1, n_lines + 1)), path
+            first = 2 if path.name in ("interactions.csv", "items.csv") else 1
+            covered = [r.line + k for r in rows for k in range(r.span)]
+            assert covered == list(range(first, n_lines + 1)), path
 
 
 def test_every_bad_row_is_quarantined_with_its_reason(corpus: Corpus, cleaned: Cleaned):
@@ -191,6 +196,11 @@ def test_item_text_contract_on_odd_values(cleaned: Cleaned):
     # The 1 MB title is capped by the text contract, not carried whole, not a crash.
     assert HUGE_TITLE_CHARS > 100 * DEFAULT_MAX_CHARS
     assert len(texts["i06"]) == DEFAULT_MAX_CHARS and texts["i06"].startswith("word word")
+    # RFC 4180 CSV: a quoted field holding line breaks is one record, its text kept.
+    csv_texts = {r["item_id"]: r["text"] for r in cleaned.table("items", "GenCsv")}
+    assert csv_texts["p"].startswith("Foo") and csv_texts["p"].endswith("Bar. Cat. Brand")
+    assert csv_texts["q"] == "Kettle, 1.7 l Frost. Kitchen. Acme"
+    assert csv_texts["s"] == "Only a title"  # no categories, no brand columns at all
     # Quarantine keeps a bounded, readable copy of every rejected line.
     for domain in cleaned.reports:
         for q in cleaned.table("quarantine", domain):

@@ -13,6 +13,9 @@ Row-level cases live in domains that one clean run processes together:
   without its newline; a second meta file with glob characters in its name.
 * ``Gen`` (generic layout, JSON lines): the same kinds where the format gives them a meaning
   (wrong JSON types, ISO timestamps, missing keys).
+* ``GenCsv`` (generic layout, CSV with a header): RFC 4180 quoting (commas, doubled quotes
+  and line breaks inside quoted fields: one record over several lines), rows without
+  their optional last columns, a quote never closed.
 * ``AllBad``: no valid event at all (the domain must still get its tables and report), and
   a 0-byte ratings file and a 0-byte meta file beside its other files.
 
@@ -51,6 +54,7 @@ class Row:
     expected: str  # VALID or the quarantine reason
     event: tuple[str, str, int] | None = None  # (user_id, item_id, ts) of a VALID event
     item: str | None = None  # item_id of a VALID item line
+    span: int = 1  # lines the row takes (a CSV record whose quoted field holds line breaks)
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,11 @@ class Corpus:
 class _File:
     """Lines of one raw file, each with its expected outcome; written in one go."""
 
-    def __init__(self, domain: str, path: Path, newline: bytes = b"\n") -> None:
+    def __init__(
+        self, domain: str, path: Path, newline: bytes = b"\n", header: str | None = None
+    ) -> None:
         self.domain, self.path, self.newline = domain, path, newline
-        self.lines: list[bytes] = []
+        self.lines: list[bytes] = [header.encode()] if header is not None else []
         self.rows: list[Row] = []
 
     def add(
@@ -99,12 +105,14 @@ class _File:
         expected: str,
         event: tuple[str, str, int] | None = None,
         item: str | None = None,
+        multiline: bool = False,
     ) -> None:
         data = raw.encode() if isinstance(raw, str) else raw
-        assert b"\n" not in data and b"\r" not in data, "one row per line"
-        self.lines.append(data)
-        line = len(self.lines)
-        self.rows.append(Row(self.domain, self.path.name, line, kind, expected, event, item))
+        assert multiline or (b"\n" not in data and b"\r" not in data), "one row per line"
+        line = len(self.lines) + 1
+        self.lines += data.split(b"\n")
+        span = data.count(b"\n") + 1
+        self.rows.append(Row(self.domain, self.path.name, line, kind, expected, event, item, span))
 
     def event(self, item: str, user: str, ts: int, kind: str = "valid_event") -> None:
         """A valid ratings line (Amazon layout: item,user,rating,ts)."""
@@ -345,6 +353,53 @@ def _generic(folder: Path) -> list[Row]:
     return rows
 
 
+def _generic_csv(folder: Path) -> list[Row]:
+    """Generic layout, CSV with a header (RFC 4180): quoted fields holding commas, doubled
+    quotes and line breaks (one record over several lines, counted once), rows that stop
+    before their optional last columns, and the rows that stay broken."""
+    d = folder.name
+    users = [f"c{k:02d}" for k in range(1, 6)]
+    items = ["p", "q", "r", "s", "t"]
+    inter = _File(d, folder / "interactions.csv", header="user_id,item_id,timestamp,rating,note")
+    ts = T0
+    for u in users:
+        for i in items:
+            inter.add(f"{u},{i},{ts},4.0,ok", "valid_event", VALID, event=(u, i, ts))
+            ts += 60
+    good = [
+        (f'c01,p,{T0 + 1},5.0,"a note\nover two lines"', "quoted_newline_field",
+         ("c01", "p", T0 + 1)),
+        (f'c02,q,{T0 + 2},5.0,"three\n""quoted""\nlines, too"', "quoted_newline_field",
+         ("c02", "q", T0 + 2)),
+        (f"c03,r,{T0 + 3},5.0", "missing_optional_trailing_field", ("c03", "r", T0 + 3)),
+        (f"c04,s,{T0 + 4}", "missing_optional_trailing_field", ("c04", "s", T0 + 4)),
+        (f'"c05","t","{T0 + 5}",,"quoted, with comma"', "quoted_fields", ("c05", "t", T0 + 5)),
+    ]  # fmt: skip
+    for raw, kind, event in good:
+        inter.add(raw, kind, VALID, event=event, multiline=True)
+    bad = [
+        ("c01,p", "missing_required_trailing_field", "unparseable_line"),
+        (f"c01,p,{T0},5.0,ok,extra", "non_csv_line", "unparseable_line"),
+        (f"c01,p,{T0 + 6},abc,ok", "wrong_type", "bad_rating"),
+        (f'c01,zz,{T0 + 7},5.0,"note\nwith a break"', "ratings_without_meta", "unknown_item"),
+        ("", "empty_line", "empty_line"),
+    ]
+    for raw, kind, reason in bad:
+        inter.add(raw, kind, reason, multiline=True)
+    rows = inter.write()
+
+    meta = _File(d, folder / "items.csv", header="item_id,title,categories,brand")
+    meta.add('p,"Foo\nBar",Cat,Brand', "quoted_newline_field", VALID, item="p", multiline=True)
+    meta.add('q,"Kettle, 1.7 l ""Frost""",Kitchen,Acme', "quoted_fields", VALID, item="q")
+    meta.add('r,5" tall vase,Home', "missing_optional_trailing_field", VALID, item="r")
+    meta.add("s,Only a title", "missing_optional_trailing_field", VALID, item="s")
+    meta.add('t,"A\n\nlong\ntitle",,', "quoted_newline_field", VALID, item="t", multiline=True)
+    meta.add('p,"A second\ncopy of p",Cat', "duplicate_item", "duplicate_item", multiline=True)
+    meta.add(',"no id",Cat', "missing_field", "missing_field")
+    meta.add('u,"a quote never closed,Cat', "unclosed_quote", "unparseable_line")
+    return rows + meta.write()
+
+
 def _all_bad(folder: Path) -> list[Row]:
     """A domain without a single valid event: it still gets (empty) tables and a report.
     Beside its files, a 0-byte ratings file and a 0-byte meta file."""
@@ -472,6 +527,20 @@ def _folder_cases(root: Path) -> list[FolderCase]:
     message = ("Millis/interactions.parquet", "bad_timestamp", "not unix seconds")
     cases.append(FolderCase("timestamps_in_milliseconds", ["--raw", str(millis)], 1, message))
 
+    # CSV headers that cannot name the columns: the file and the actual problem, one line.
+    for kind, header, fragment in (
+        ("csv_header_semicolons", "user_id;item_id;timestamp", "separated by ';'"),
+        ("csv_header_duplicate_names", "user_id,item_id,item_id,timestamp",
+         "['item_id'] more than once"),
+        ("csv_header_missing_column", "user_id,item,timestamp", "lacks column(s) ['item_id']"),
+    ):  # fmt: skip
+        folder = root / kind
+        folder.mkdir()
+        (folder / "interactions.csv").write_text(header + "\n" + "u1,i1,1400000000\n")
+        (folder / "items.csv").write_text("item_id,title\ni1,Title\n")
+        message = (str(folder / "interactions.csv"), fragment)
+        cases.append(FolderCase(kind, ["--raw", str(folder)], 2, message))
+
     missing = root / "Missing"
     cases.append(FolderCase("raw_path_missing", ["--raw", str(missing)], 2,
                             (str(missing), "does not exist")))  # fmt: skip
@@ -492,12 +561,14 @@ def build_corpus(root: Path) -> Corpus:
     domains = {
         "Mixed": rows_root / "Mixed",
         "Gen": rows_root / "Gen",
+        "GenCsv": rows_root / "GenCsv",
         "AllBad": rows_root / "AllBad",
         "Split": rows_root / "Split",
     }
     rows = _mixed(domains["Mixed"])
     rows += _split_ratings(domains["Split"])
     rows += _generic(domains["Gen"])
+    rows += _generic_csv(domains["GenCsv"])
     rows += _all_bad(domains["AllBad"])
     folder_cases = _folder_cases(root / "folders")
     bad_name_folders = {}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -41,17 +40,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from py4j.protocol import Py4JJavaError
-from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from vqrec.lake.store import lake_root, staged_version, validate_name
+from vqrec.lake.store import LakeError, lake_root, staged_version, validate_name
 from vqrec.spark.common import canonical_parquet
+from vqrec.spark.failures import jvm_log_file, run_job
 from vqrec.spark.readers import (
     DomainFiles,
     EventChecks,
-    RawInputError,
     discover,
     read_events,
     read_items,
@@ -693,74 +690,52 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     return config, args.master
 
 
-_READ_FAILED = re.compile(r"while reading file (\S+?)\.?(?:\s|$)")
-
-
-def spark_error(err: Exception) -> str:
-    """One line that says what Spark could not do, without the Java stack: "could not read
-    <file> (EOFException: Unexpected end of input stream)" when a file was unreadable.
-
-    A Py4JJavaError's own first line is only "An error occurred while calling o123.count.":
-    the file name is in the Java exception's message (repeated once per failed task when
-    adaptive execution aborts several stages), the reason in its innermost cause.
-    """
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else type(err).__name__
-    java = getattr(err, "java_exception", None)
-    causes: list[tuple[str, str]] = []
-    try:
-        while java is not None and len(causes) < 20:
-            message = java.getMessage() or ""
-            causes.append((java.getClass().getSimpleName(), " ".join(message.split())))
-            java = java.getCause()
-    except Exception:  # a dead JVM: the Python side's first line will do
-        causes = []
-    root_name, root_message = causes[-1] if causes else ("", "")
-    root = f"{root_name}: {root_message}" if root_message else root_name
-    failed = _READ_FAILED.search(" ".join(m for _, m in causes) or text)
-    if failed:
-        return f"could not read {failed.group(1)}" + (f" ({root})" if len(causes) > 1 else "")
-    if not causes:
-        return first
-    name, message = causes[0]
-    line = f"{name}: {message}" if message else name
-    return line + (f" (cause: {root})" if len(causes) > 1 else "")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vqrec clean`` and ``spark-submit jobs/clean.py``."""
+    """Entry point of ``vqrec clean`` and ``spark-submit jobs/clean.py``.
+
+    Exit 0 (committed), 2 (refused: bad flags, a raw folder unusable as a whole, e.g. a bad
+    CSV header), 1 (a file mostly misread, a file Spark cannot read, a full disk): each
+    failure is one line on stderr (vqrec.spark.failures.run_job), nothing is committed and
+    CURRENT stays where it was. The JVM's own output (log4j, Java stacks) goes to
+    ``$VQREC_LOG_DIR/spark-vqrec-clean-<time>-<pid>.log`` (default ``var/logs/`` under the
+    working directory), named in the line when Spark failed.
+    """
     config, master = parse_args(argv)
-    try:
-        config.validate()
-        domain_folders(config.raw, config.domains)
-    except (ValueError, RawInputError) as err:
-        print(f"vqrec clean: error: {err}", file=sys.stderr)
-        return 2
+    refused: dict[type[BaseException], int] = {MostlyBadInput: 1, ValueError: 2, LakeError: 1}
+    code = run_job("vqrec clean", lambda: _validate(config), refused)
+    if code:
+        return code
     from vqrec.spark.common import spark_session
 
     owned = SparkSession.getActiveSession() is None
-    spark = spark_session("vqrec-clean", master)
+    log_file = jvm_log_file("vqrec-clean") if owned else None
+    spark = spark_session("vqrec-clean", master, jvm_log=log_file)
+    result: dict[str, Any] = {}
+
+    def job() -> int:
+        result.update(run_clean(spark, config))
+        return 0
+
     try:
-        result = run_clean(spark, config)
-    except MostlyBadInput as err:
-        print(f"vqrec clean: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, RawInputError) as err:
-        print(f"vqrec clean: error: {err}", file=sys.stderr)
-        return 2
-    except (PySparkException, Py4JJavaError) as err:
-        # An unreadable file (corrupt gzip, permissions): the temp version was removed and
-        # CURRENT is untouched.
-        print(f"vqrec clean: Spark failed, nothing committed: {spark_error(err)}", file=sys.stderr)
-        return 1
+        where = lake_root(config.lake) / "clean"
+        code = run_job("vqrec clean", job, refused, where=where, log_file=log_file)
     finally:
         if owned:
             spark.stop()
+    if code:
+        return code
     wall = 0.0
     for domain, report in result["reports"].items():
         print(json.dumps({"domain": domain, **_summary(report)}))
         wall = report["job_wall_time_s"]
     print(f"committed {result['path']} in {wall:.0f} s")
+    return 0
+
+
+def _validate(config: CleanConfig) -> int:
+    """Flag and folder-name checks that need no Spark (a JVM is not started for nothing)."""
+    config.validate()
+    domain_folders(config.raw, config.domains)
     return 0
 
 

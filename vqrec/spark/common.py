@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 
-def spark_session(app_name: str, master: str | None = None) -> SparkSession:
+def spark_session(
+    app_name: str, master: str | None = None, jvm_log: Path | None = None
+) -> SparkSession:
     """A SparkSession configured for this project.
 
     Under ``spark-submit`` the master comes from the submit command; run directly (tests,
     the CLI) it defaults to ``$VQREC_SPARK_MASTER`` or ``local[2]``. Python workers use this
     interpreter (the venv's), one BLAS/OpenMP thread each: Spark's tasks give the
     parallelism, and nested threading collapses on small machines (README: Troubleshooting).
+
+    ``jvm_log`` (vqrec.spark.failures.jvm_log_file): when this call starts the JVM, its
+    stderr (launcher notes, log4j, failed tasks' Java stacks, Python workers' stderr) goes to
+    that file instead of the terminal, so a failure reads as the entry point's one line.
+    Without it, or when a JVM already runs (tests, spark-submit), nothing is redirected.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -39,9 +47,28 @@ def spark_session(app_name: str, master: str | None = None) -> SparkSession:
     }
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    if jvm_log is not None and SparkSession.getActiveSession() is None:
+        spark = _with_stderr_to(jvm_log, builder.getOrCreate)
+    else:
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("VQREC_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def _with_stderr_to(path: Path, start: Callable[[], SparkSession]) -> SparkSession:
+    """Run ``start`` with file descriptor 2 pointing at ``path``: the JVM it launches keeps
+    that stderr for its whole life; this process gets its own back afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 2)
+        return start()
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 def canonical_parquet(path: str | os.PathLike[str]) -> None:

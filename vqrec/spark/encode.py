@@ -56,6 +56,7 @@ from vqrec.lake.store import (
     validate_name,
 )
 from vqrec.spark.common import tidy_spark_output
+from vqrec.spark.failures import jvm_log_file, run_job
 from vqrec.stages.flags import comma_list
 
 log = logging.getLogger("vqrec.encode")
@@ -283,7 +284,11 @@ def _encode_texts(
     )
     spark_out = cache_dir / f".tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
-    vectors.write.parquet(str(spark_out))
+    try:
+        vectors.write.parquet(str(spark_out))
+    except BaseException:
+        shutil.rmtree(spark_out, ignore_errors=True)  # a failed write leaves no .tmp-* behind
+        raise
     encode_seconds = time.perf_counter() - t0
     cache_path, encoded = _commit_cache_file(spark_out, cache_dir)
     return encoded, cache_path.name, encode_seconds
@@ -322,16 +327,6 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
         )
         cached = _read_cache(spark, cache_dir)
     reused = n_unique - encoded
-    log.info(
-        "encode: %d items, %d distinct texts: %d encoded (%.1f s), %d reused from cache %s",
-        sum(per_domain.values()),
-        n_unique,
-        encoded,
-        encode_seconds,
-        reused,
-        key,
-    )
-
     summary: dict[str, Any] = {
         "encoder": key,
         "model": model_name(model_id),
@@ -354,6 +349,16 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
         summary["seconds"] = round(time.perf_counter() - started, 3)
     items.unpersist()
     summary["path"] = str(root / "embeddings" / version)
+    # Once committed: a run that fails says so in one line, without a progress line before it.
+    log.info(
+        "encode: %d items, %d distinct texts: %d encoded (%.1f s), %d reused from cache %s",
+        sum(per_domain.values()),
+        n_unique,
+        encoded,
+        encode_seconds,
+        reused,
+        key,
+    )
     return summary
 
 
@@ -413,7 +418,15 @@ def _tidy_empty(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``vqrec encode``: parse flags, run the job, print the summary as JSON."""
+    """``vqrec encode``: parse flags, run the job, print the summary as JSON.
+
+    Exit 0 (committed), 2 (a bad flag, a missing or broken clean version), 1 (Spark failed,
+    a full disk): each failure is one line on stderr (vqrec.spark.failures.run_job), with
+    nothing committed, CURRENT unchanged and no temp folder left, in the version nor in the
+    embedding cache. The JVM's own output (log4j, Java stacks, the Python workers' stderr)
+    goes to ``$VQREC_LOG_DIR/spark-vqrec-encode-<time>-<pid>.log`` (default ``var/logs/``
+    under the working directory), named in the line when Spark failed.
+    """
     parser = argparse.ArgumentParser(prog="vqrec encode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", help="lake root (default $VQREC_LAKE or ./var/lake)")
     parser.add_argument("--version", help="output version (default: a UTC timestamp)")
@@ -431,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-move-current", dest="move_current", action="store_false",
                         help="commit without moving CURRENT (a one-domain backfill)")  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Our own progress lines at INFO; libraries (sentence-transformers, torch) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
 
     from vqrec.spark.common import spark_session
 
@@ -445,16 +460,22 @@ def main(argv: list[str] | None = None) -> int:
         partitions=args.partitions,
         move_current=args.move_current,
     )
-    try:
+    summary: dict[str, Any] = {}
+    log_file = jvm_log_file("vqrec-encode") if SparkSession.getActiveSession() is None else None
+
+    def job() -> int:
         for name in filter(None, [config.version, config.clean_version]):
             validate_name(name, "version")
         for name in config.domains or []:  # refused before a JVM is started for nothing
             validate_name(name, "domain")
-        spark = spark_session("vqrec-encode", master=args.master)
-        summary = run_encode(spark, config)
-    except (LakeError, ValueError, RuntimeError) as exc:
-        print(f"vqrec encode: error: {exc}", file=sys.stderr)
-        return 2
+        spark = spark_session("vqrec-encode", master=args.master, jvm_log=log_file)
+        summary.update(run_encode(spark, config))
+        return 0
+
+    refused: dict[type[BaseException], int] = {LakeError: 2, ValueError: 2, RuntimeError: 2}
+    code = run_job("vqrec encode", job, refused, where=lake_root(config.lake), log_file=log_file)
+    if code:
+        return code
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 

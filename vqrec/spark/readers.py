@@ -13,7 +13,11 @@ sub-folders other than ``raw/`` are never read. Inside that folder:
   (``.gz`` allowed for the text formats; a folder ``interactions.parquet/`` of parts too)
   with ``user_id, item_id, timestamp`` (+ optional ``rating``); items = ``items.<same
   formats>`` with ``item_id, title, categories, brand`` (``description`` and other columns
-  are ignored). CSV files have a header line. A column map (``user_id=reviewerID``) renames
+  are ignored). CSV files have a header line and follow RFC 4180: a quoted field may hold
+  commas, doubled quotes and line breaks (such a record is one row, at the line it starts
+  on); a row may stop before optional last columns (rating, brand, ...), not before a
+  required one; a header with another delimiter, a name twice or empty is refused by name
+  (quoted names are fine). A column map (``user_id=reviewerID``) renames
   source columns to these names.
 * ``auto``: ``amazon`` when a ``meta_*`` file is present, else ``generic`` when an
   ``interactions.*`` file is present, else a clear error naming the folder.
@@ -33,6 +37,7 @@ timestamp column. A blank rating is an absent one (ratings are optional, and unu
 
 from __future__ import annotations
 
+import csv
 import functools
 import re
 from dataclasses import dataclass, field
@@ -204,6 +209,74 @@ def read_lines(spark: SparkSession, paths: list[Path]) -> DataFrame:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# CSV records: a quoted field may hold line breaks (RFC 4180)
+
+MAX_RECORD_LINES = 100  # a quote left open longer than this is a broken line, not a record
+_QUOTED = r'"(?:[^"]|"")*+"'  # a whole quoted field ("" is a quote inside it)
+_FIELD = r'(?:"(?:[^"]|"")*+"[^,]*+|[^,"][^,]*+)?'  # quoted, or unquoted (may be empty)
+_OPEN_TAIL = r"(?:" + _FIELD + r',)*+"(?:[^"]|"")*+$'  # fields, then a quote still open
+# A line that starts outside quotes and ends inside a quoted field:
+_OPENS = "^" + _OPEN_TAIL
+# A line that starts inside a quoted field and ends inside one (never closes it, or closes
+# it and opens another):
+_STAYS_OPEN = r'^(?:[^"]|"")*+$|^(?:[^"]|"")*+"[^,]*+,' + _OPEN_TAIL
+
+
+def csv_records(lines: DataFrame) -> DataFrame:
+    """CSV lines (``source, line, value, utf8_ok``) -> records: a record whose quoted field
+    holds line breaks is one row, at the line it starts on, its lines joined by "\n"; every
+    other line is its own record, its line number unchanged. Adds ``unclosed``: true for
+    the lines of a quote still open after MAX_RECORD_LINES lines (or at the end of the file),
+    each kept as its own row, so one stray quote cannot swallow a file.
+
+    A quote opens a field only at the field's start (as Spark's CSV parser reads it), so
+    ``5" tall`` is text. Whether a line ends inside quotes depends on whether it starts
+    inside them: each line is one of four maps of that state (keep it, close it, open it,
+    flip it; the regexes above decide which), and a line's state is the last close/open
+    before it, flipped once per flip since. Files without a line that opens a quote (almost
+    all) skip this: one cheap scan decides.
+    """
+    opens = F.col("value").rlike(_OPENS)
+    if lines.where(opens).limit(1).count() == 0:
+        return lines.withColumn("unclosed", F.lit(False))
+    stays = F.col("value").rlike(_STAYS_OPEN)
+    df = lines.select("*", opens.alias("o_if_c"), stays.alias("o_if_o"))
+    flip = F.col("o_if_c") & ~F.col("o_if_o")
+    fixed = F.col("o_if_c") == F.col("o_if_o")  # the state after it does not depend on before
+    upto = Window.partitionBy("source").orderBy("line").rowsBetween(Window.unboundedPreceding, 0)
+    df = df.withColumn("flips", F.sum(flip.cast("int")).over(upto))
+    last_fixed = F.max(F.when(fixed, F.struct("line", "o_if_c", "flips"))).over(upto)
+    df = df.withColumn("fx", last_fixed)
+    base = F.coalesce(F.col("fx.o_if_c"), F.lit(False))
+    since = F.col("flips") - F.coalesce(F.col("fx.flips"), F.lit(0))
+    df = df.withColumn("ends_open", base != (since % 2 == 1))
+    by_line = Window.partitionBy("source").orderBy("line")
+    starts = ~F.coalesce(F.lag("ends_open").over(by_line), F.lit(False))
+    df = df.withColumn("record", F.sum(starts.cast("int")).over(upto))
+    per_record = Window.partitionBy("source", "record")
+    n_lines = F.count(F.lit(1)).over(per_record)
+    df = df.withColumn("n_lines", n_lines).withColumn(
+        "still_open", F.max(F.struct("line", "ends_open")).over(per_record)["ends_open"]
+    )
+    unclosed = (F.col("n_lines") > MAX_RECORD_LINES) | F.col("still_open")
+    # A record that never closes falls back to its lines, each refused on its own.
+    key = F.when(unclosed, -F.col("line")).otherwise(F.col("record"))
+    parts = F.sort_array(F.collect_list(F.struct("line", "value")))
+    return (
+        df.withColumn("key", key)
+        .withColumn("unclosed", unclosed)
+        .groupBy("source", "key")
+        .agg(
+            F.min("line").alias("line"),
+            F.array_join(parts["value"], "\n").alias("value"),
+            F.min(F.col("utf8_ok").cast("int")).cast("boolean").alias("utf8_ok"),
+            F.max(F.col("unclosed").cast("int")).cast("boolean").alias("unclosed"),
+        )
+        .select("source", "line", "value", "utf8_ok", "unclosed")
+    )
+
+
 def _raw(col: Column) -> Column:
     return F.substring(col, 1, RAW_CHARS)
 
@@ -336,7 +409,8 @@ def amazon_events(spark: SparkSession, files: DomainFiles, checks: EventChecks) 
 
 
 def _string_schema(fields: list[str]) -> str:
-    return ", ".join(f"`{f}` STRING" for f in fields) + ", `_corrupt_record` STRING"
+    names = [f.replace("`", "``") for f in fields]
+    return ", ".join(f"`{f}` STRING" for f in names) + ", `_corrupt_record` STRING"
 
 
 def _text_table(
@@ -351,26 +425,32 @@ def _text_table(
     name = path.name.removesuffix(".gz")
     available = set(source_fields)
     if name.endswith(".csv"):
-        header = _csv_header(spark, path)
+        header = _csv_header(spark, path, required)
         available = set(header)
-        missing = [f for f in required if f not in available]
-        if missing:
-            raise RawInputError(
-                f"{path}: header {header} lacks column(s) {missing}; "
-                "pass --column-map canonical=source to rename"
-            )
         schema = _string_schema(header)
+        # The header is not a data row; a quoted field may span lines (RFC 4180).
+        lines = csv_records(lines.where(F.col("line") > 1))
         parsed = F.from_csv(
             F.col("value"),
             schema,
-            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"},
+            # RFC 4180: a quote inside a quoted field is written twice (Spark's own default
+            # escape is a backslash, which would refuse '"Kettle ""Frost"""').
+            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record", "escape": '"'},
         )
-        lines = lines.where(F.col("line") > 1)  # the header is not a data row
-        n_fields = F.size(F.split(F.col("value"), ","))
-        broken = F.col("p._corrupt_record").isNotNull() | (n_fields < len(header))
+        # Fields outside quotes: too many is a broken row; too few only when a required
+        # column is among the missing ones (a row may stop before its optional last columns).
+        n_fields = F.size(F.split(F.regexp_replace(F.col("value"), _QUOTED, ""), ",", -1))
+        needed = max(header.index(f) for f in required) + 1
+        broken = (
+            F.col("unclosed")
+            | (n_fields > len(header))
+            | (n_fields < needed)
+            | (F.col("p._corrupt_record").isNotNull() & (n_fields == len(header)))
+        )
         nested = F.lit(False)  # CSV cells are text: no lists or objects
         values = {f: F.col(f"p.`{f}`") for f in source_fields if f in available}
     else:
+        lines = lines.withColumn("unclosed", F.lit(False))
         parsed = F.from_json(
             F.col("value"),
             _json_schema(source_fields, scalars),
@@ -385,7 +465,7 @@ def _text_table(
         (broken, "unparseable_line"),
         (nested, "bad_field_type"),
     )
-    df = lines.select("source", "line", "value", "utf8_ok", parsed.alias("p"))
+    df = lines.select("source", "line", "value", "utf8_ok", "unclosed", parsed.alias("p"))
     df = df.select(
         "source",
         "line",
@@ -396,11 +476,37 @@ def _text_table(
     return df
 
 
-def _csv_header(spark: SparkSession, path: Path) -> list[str]:
+def _csv_header(spark: SparkSession, path: Path, required: list[str]) -> list[str]:
+    """The column names of a CSV file's first line, RFC 4180 quoting understood
+    (``"user_id","item_id"`` is ``user_id, item_id``); a header that cannot name the
+    columns (another delimiter, a name twice or empty, a required column absent) is a
+    RawInputError saying which."""
     first = spark.read.text(spark_path(path)).limit(1).collect()
     if not first:
         raise RawInputError(f"{path}: empty CSV file, expected a header line")
-    return [c.strip() for c in first[0].value.split(",")]
+    line = first[0].value.removeprefix("\ufeff")  # a byte-order mark is not part of a name
+    header = [c.strip() for c in next(csv.reader([line]), [])]
+    if len(header) <= 1:
+        for delimiter, called in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+            if delimiter in line:
+                raise RawInputError(
+                    f"{path}: the header {line.strip()!r} is separated by {called}; "
+                    "CSV files here are comma-separated (RFC 4180)"
+                )
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise RawInputError(f"{path}: header names column(s) {repeated} more than once")
+    if "" in header:
+        raise RawInputError(
+            f"{path}: header column {header.index('') + 1} of {len(header)} has no name"
+        )
+    missing = [f for f in required if f not in header]
+    if missing:
+        raise RawInputError(
+            f"{path}: header {header} lacks column(s) {missing}; "
+            "pass --column-map canonical=source to rename"
+        )
+    return header
 
 
 def _parquet_table(spark: SparkSession, path: Path, source_fields: list[str]) -> DataFrame:

@@ -53,8 +53,7 @@ from vqrec.stages.flags import comma_list
 log = logging.getLogger("vqrec.recommend")
 
 OUTPUT_SCHEMA = (
-    "user_id string, rank int, item_id string, score double, strategy string, "
-    "model_version string"
+    "user_id string, rank int, item_id string, score double, strategy string, model_version string"
 )
 MAX_K = 1000  # the served model's limit (vqrec.mlops.pyfunc.MAX_K)
 
