@@ -232,12 +232,23 @@ def table() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["run", "table"])
-    parser.add_argument("--pretrain-epochs", type=int, default=8,
-                        help="the cap on both refreshes' pre-training (default: %(default)s)")
-    parser.add_argument("--targets", default="Scientific,Beauty",
-                        help="comma-separated target domains (default: %(default)s)")
-    parser.add_argument("--day1-share", type=float, default=0.9,
-                        help="the events before the cut, a quantile (default: %(default)s)")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=8,
+        help="the cap on both refreshes' pre-training (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="Scientific,Beauty",
+        help="comma-separated target domains (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--day1-share",
+        type=float,
+        default=0.9,
+        help="the events before the cut, a quantile (default: %(default)s)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.command == "run":
         run(args)

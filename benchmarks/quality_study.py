@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from vqrec.core.sequences import SPLITS, DomainData
 from vqrec.lake.reference import read_reference_domain
-from vqrec.lake.store import DamagedVersion, LakeError, resolve_version, staged_version
+from vqrec.lake.store import find_version, resolve_version, staged_version
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -158,13 +158,8 @@ def encode(domain: str, texts: list[str]) -> np.ndarray:
 
 
 def _committed(stage: str, version: str) -> bool:
-    try:
-        resolve_version(LAKE, stage, version)
-        return True
-    except DamagedVersion:
-        raise  # there but not as committed: rebuilding it silently would cost hours
-    except LakeError:
-        return False
+    # A damaged version raises (find_version): rebuilding it silently would cost hours.
+    return find_version(LAKE, stage, version) is not None
 
 
 def prepare() -> None:

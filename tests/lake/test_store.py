@@ -116,6 +116,27 @@ def test_missing_stage_is_a_clear_error(lake):
         resolve_version(lake, "codes")
 
 
+def test_find_says_absent_and_raises_on_damage(lake):
+    """find_version / find_part: None for what was never committed (or only half), the
+    DamagedVersion for what was committed and changed since: never "absent" for damage."""
+    from vqrec.lake.store import DamagedVersion, find_part, find_version, staged_part
+
+    assert find_version(lake, "models") is None
+    assert find_version(lake, "models", "v1") is None
+    with staged_version(lake, "models", "v1") as out:
+        (out / "backbone.txt").write_text("b")
+    with staged_part(lake, "models", "v1", "domains/A") as out:
+        (out / "w.txt").write_text("a")
+    (lake / "models" / "v1" / "domains" / "B").mkdir()  # a part never committed
+    assert find_version(lake, "models", "v1") == lake / "models" / "v1"
+    assert find_part(lake, "models", "v1", "domains/A") == lake / "models" / "v1" / "domains/A"
+    assert find_part(lake, "models", "v1", "domains/B") is None
+    assert find_part(lake, "models", "v2", "domains/A") is None
+    (lake / "models" / "v1" / "domains" / "A" / "w.txt").write_text("changed")
+    with pytest.raises(DamagedVersion, match="w.txt"):
+        find_part(lake, "models", "v1", "domains/A")
+
+
 def test_env_lake_root(tmp_path, monkeypatch):
     from vqrec.lake.store import lake_root
 

@@ -86,5 +86,3 @@ def load_domain_model(
     if metrics_path.exists():
         info["metrics"] = json.loads(metrics_path.read_text())
     return model, info
-
-

@@ -48,6 +48,12 @@ class LakeError(RuntimeError):
     """A stage output is missing, incomplete or badly named."""
 
 
+class NotInLake(LakeError):
+    """No committed version (or part) of that name: never written, not finished, or swept.
+    The one LakeError that means "absent"; :func:`find_version` / :func:`find_part` turn it
+    into None for the callers to whom absence is a normal answer."""
+
+
 class DamagedVersion(LakeError):
     """A committed version or part whose files no longer match its manifest, or that has
     none to check them by. A caller that takes a LakeError for "not there (yet)" should let
@@ -294,7 +300,7 @@ def resolve_part(
     verified with its version (see :func:`verify_committed`)."""
     path = resolve_version(lake, stage, version).joinpath(*part.split("/"))
     if not (path / SUCCESS).exists():
-        raise LakeError(f"{path} is not a committed part of {stage!r} (no {SUCCESS})")
+        raise NotInLake(f"{path} is not a committed part of {stage!r} (no {SUCCESS})")
     if not (path / MANIFEST).exists():  # a part the version's check took for plain files
         verify_committed(path, f"{stage}/{path.relative_to(lake_root(lake) / stage)}")
     return path
@@ -311,17 +317,40 @@ def resolve_version(
     if version is None:
         pointer = stage_dir / CURRENT
         if not pointer.exists():
-            raise LakeError(f"no committed version of stage {stage!r} under {root}")
+            raise NotInLake(f"no committed version of stage {stage!r} under {root}")
         version = pointer.read_text().strip()
     path = stage_dir / validate_name(version, "version")
     if not path.is_dir():
         have = sorted(p.parent.name for p in stage_dir.glob(f"*/{SUCCESS}"))
         listed = ", ".join(have[-5:]) or "none"  # the last five by name
-        raise LakeError(f"no version {version!r} of stage {stage!r} under {root} (have: {listed})")
+        raise NotInLake(f"no version {version!r} of stage {stage!r} under {root} (have: {listed})")
     if not (path / SUCCESS).exists():
-        raise LakeError(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
+        raise NotInLake(f"{path} is not a committed version of {stage!r} (no {SUCCESS})")
     verify_committed(path, f"{stage}/{version}")
     return path
+
+
+def find_version(
+    lake: str | os.PathLike[str] | None, stage: str, version: str | None = None
+) -> Path | None:
+    """:func:`resolve_version`, or None where the version is not in the lake. A version that
+    is there but damaged still raises DamagedVersion: reading it as absent would quietly
+    change what a caller does (retrain, skip a dataset, promote another model)."""
+    try:
+        return resolve_version(lake, stage, version)
+    except NotInLake:
+        return None
+
+
+def find_part(
+    lake: str | os.PathLike[str] | None, stage: str, version: str | None, part: str
+) -> Path | None:
+    """:func:`resolve_part`, or None where the version or the part is not in the lake (a
+    damaged one raises, as in :func:`find_version`)."""
+    try:
+        return resolve_part(lake, stage, version, part)
+    except NotInLake:
+        return None
 
 
 # (folder, inode, mtime in ns of its _SUCCESS) of every folder whose checksums this process

@@ -34,9 +34,7 @@ def _partition(root: Path, table: str, domain: str) -> Path:
     path = root / table / f"domain={validate_name(domain, 'domain')}"
     if not path.is_dir():
         present = sorted(p.name.removeprefix("domain=") for p in (root / table).glob("domain=*"))
-        raise TableError(
-            f"no {table} for domain {domain!r} at {path} (domains present: {present})"
-        )
+        raise TableError(f"no {table} for domain {domain!r} at {path} (domains present: {present})")
     return path
 
 
@@ -246,5 +244,3 @@ def _quantizer_of(codes_dir: Path, domain: str) -> str | None:
         return ",".join(str(n) for n in names)
     except TableError:
         return None
-
-

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqrec.lake.store import (
-    DamagedVersion,
     LakeError,
+    find_version,
     read_success,
     resolve_version,
     validate_name,
@@ -131,12 +131,10 @@ def _encoder_info(lake: str | os.PathLike[str] | None, embeddings_version: str |
     """encoder_key / encoder_model / text_dim from an embeddings version's _SUCCESS ({} when
     there is no such version; a damaged one raises DamagedVersion, never a bundle without
     its encoder)."""
-    try:
-        meta = read_success(resolve_version(lake, "embeddings", embeddings_version))
-    except DamagedVersion:
-        raise
-    except LakeError:
+    folder = find_version(lake, "embeddings", embeddings_version)
+    if folder is None:
         return {}
+    meta = read_success(folder)
     return {
         "encoder_key": meta.get("encoder"),
         "encoder_model": (meta.get("config") or {}).get("model") or meta.get("model"),
@@ -488,11 +486,13 @@ def register_bundle(
         tests = tracking.log_model_dir(model_dir, lake=lake)
         tracking.log_params({"bundle": info})
         if info.get("domain") and info.get("clean_version"):
-            try:
-                clean_dir = resolve_version(lake, "clean", info["clean_version"])
+            clean_dir = find_version(lake, "clean", info["clean_version"])
+            if clean_dir is None:
+                log.warning(
+                    "no quality report logged: clean/%s is not in the lake", info["clean_version"]
+                )
+            else:
                 tracking.log_quality_report(clean_dir, info["domain"])
-            except LakeError as exc:
-                log.warning("no quality report logged: %s", exc)
         model_info = _log_pyfunc(name, bundle)
         # The test figures on the LoggedModel too (the version's page shows its model's
         # metrics), linked to the clean version they were measured on.

@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlparse
 
 from vqrec.lake.store import (
     SUCCESS,
-    DamagedVersion,
-    LakeError,
+    NotInLake,
+    find_version,
     lake_root,
     resolve_version,
     validate_name,
@@ -645,9 +645,7 @@ def training_datasets(
     for stage, version in data_versions(model_dir).items():
         try:
             out[stage] = lake_dataset(lake, stage, version)
-        except DamagedVersion:
-            raise
-        except (LakeError, FileNotFoundError):
+        except (NotInLake, FileNotFoundError):
             continue
     return out
 
@@ -806,8 +804,7 @@ def log_training_run(
     ) as run:
         log_model_dir(model_dir, lake=lake)
         if domain is not None and versions.get("clean"):
-            try:
-                log_quality_report(resolve_version(lake, "clean", versions["clean"]), domain)
-            except LakeError:
-                pass  # the clean version was swept: the model still logs
+            clean_dir = find_version(lake, "clean", versions["clean"])
+            if clean_dir is not None:  # else swept from the lake: the model still logs
+                log_quality_report(clean_dir, domain)
         return run.info.run_id

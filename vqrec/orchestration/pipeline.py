@@ -20,8 +20,7 @@ from typing import Any
 
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
 from vqrec.lake.store import (
-    DamagedVersion,
-    LakeError,
+    find_part,
     lake_root,
     read_success,
     resolve_part,
@@ -203,14 +202,13 @@ def _warm_starts(plan: RunPlan, backbone_models: str) -> dict[str, str]:
 
 def _domain_config(lake: str, version: str, domain: str) -> dict[str, Any] | None:
     """config.json of ``models/<version>/domains/<domain>``, or None if the lake lost it."""
-    try:
-        path = resolve_part(lake, "models", version, f"domains/{domain}") / "config.json"
-        return json.loads(path.read_text())
-    except DamagedVersion:
-        raise  # there, but its files are not what was committed: never "no warm start"
-    except (LakeError, FileNotFoundError):
+    # A damaged part raises (find_part): its files are not what was committed, which is
+    # never "no warm start".
+    folder = find_part(lake, "models", version, f"domains/{domain}")
+    if folder is None or not (folder / "config.json").exists():
         log.warning("models/%s/domains/%s is not in the lake: no warm start", version, domain)
         return None
+    return json.loads((folder / "config.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,13 +494,12 @@ def drift_report(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 
 def _test_ndcg(lake: str, version: str, domain: str) -> float | None:
     """Test NDCG@10 of ``models/<version>/domains/<domain>``, None if it has none."""
-    try:
-        folder = resolve_part(lake, "models", version, f"domains/{domain}")
-        return float(json.loads((folder / "metrics.json").read_text())["test"]["ndcg@10"])
-    except DamagedVersion:
-        raise  # a damaged model is not a model without figures (that changes promotions)
-    except (LakeError, FileNotFoundError):
+    # A damaged model raises (find_part): it is not a model without figures, which would
+    # change promotions.
+    folder = find_part(lake, "models", version, f"domains/{domain}")
+    if folder is None or not (folder / "metrics.json").exists():
         return None
+    return float(json.loads((folder / "metrics.json").read_text())["test"]["ndcg@10"])
 
 
 def register_run(
