@@ -143,3 +143,21 @@ def test_not_gzip_fails_in_one_line_without_a_java_stack(tmp_path: Path):
     _java_stack_logged(logs)
     assert not (lake / "clean" / "v1").exists() and not (lake / "clean" / CURRENT).exists()
     assert not list(lake.rglob(".tmp-*"))
+
+
+def test_the_jvm_log_folder_keeps_only_the_newest_logs(tmp_path, monkeypatch):
+    """Every CLI start of a JVM adds a log; the folder keeps the newest KEEP_JVM_LOGS."""
+    from vqrec.spark import failures
+
+    monkeypatch.delenv("SPARK_ENV_LOADED", raising=False)
+    monkeypatch.setenv("VQREC_LOG_DIR", str(tmp_path))
+    for i in range(6):
+        log = tmp_path / f"spark-old-{i}.log"
+        log.write_text(str(i))
+        os.utime(log, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "notes.txt").write_text("not a JVM log")
+    monkeypatch.setattr(failures, "KEEP_JVM_LOGS", 4)
+    new = failures.jvm_log_file("clean")
+    new.write_text("new")
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert kept == {"notes.txt", "spark-old-3.log", "spark-old-4.log", "spark-old-5.log", new.name}

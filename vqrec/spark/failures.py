@@ -31,6 +31,10 @@ _READ_FAILED = re.compile(r"while reading file (\S+?)\.?(?:\s|$)")
 _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")
 
 
+# JVM logs kept in the log folder (the newest; about two weeks of nightlies)
+KEEP_JVM_LOGS = 50
+
+
 def jvm_log_file(app_name: str) -> Path | None:
     """A fresh log file for one JVM (``<log dir>/spark-<app>-<UTC time>-<pid>.log``), or
     None when the log folder cannot be made (then the JVM keeps the terminal) or under
@@ -43,7 +47,24 @@ def jvm_log_file(app_name: str) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
+    _drop_old_logs(folder, KEEP_JVM_LOGS)
     return (folder / f"spark-{app_name}-{stamp}-{os.getpid()}.log").absolute()
+
+
+def _drop_old_logs(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep - 1`` newest JVM logs, making room for one more: a nightly
+    starts several JVMs a night, and nothing else ever empties the folder."""
+    dated = []
+    for log in folder.glob("spark-*.log"):
+        try:
+            dated.append((log.stat().st_mtime, log))
+        except OSError:  # another run's rotation got there first
+            continue
+    for _, old in sorted(dated, reverse=True)[max(keep - 1, 0) :]:
+        try:
+            old.unlink(missing_ok=True)
+        except OSError:  # not ours to remove (permissions): it stays, the run goes on
+            continue
 
 
 def _java_causes(err: BaseException) -> list[tuple[str, str]]:
