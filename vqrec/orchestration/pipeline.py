@@ -402,7 +402,7 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 
 def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
-    from vqrec.core.trainer import FINETUNE_DEFAULTS
+    from vqrec.core.train_config import FINETUNE_DEFAULTS
     from vqrec.mlops import tracking
     from vqrec.stages.train import finetune_to_lake
 
