@@ -150,3 +150,24 @@ def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world
     plan.hyper = {"refresh_when": {"ndcg": 1.0}}
     with pytest.raises(ValueError, match=r"hyper.refresh_when: unknown key\(s\) \['ndcg'\]"):
         drift_report(plan)
+
+
+@pytest.mark.usefixtures("lake_store")
+def test_drift_report_refuses_a_damaged_model_instead_of_skipping_it(trained_world, tmp_path):
+    """A model part whose files changed after its commit is not "a model without figures":
+    the report stops on it (vqrec.lake.store.find_part), naming the file."""
+    from tests.support.world import DOMAIN, copy_world, name_data_like_models
+    from vqrec.lake.store import DamagedVersion
+    from vqrec.orchestration.pipeline import drift_report
+
+    lake = copy_world(trained_world, tmp_path / "lake")["lake"]
+    name_data_like_models(lake)
+    plan = RunPlan(
+        lake=str(lake), raw_root="", version="worse", domains=[DOMAIN],
+        pretrain_domains=[DOMAIN], target_domains=[DOMAIN], cadence="incremental",
+        backbone_version="trained",
+    )  # fmt: skip
+    metrics = lake / "models" / "trained" / "domains" / DOMAIN / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"ndcg@10"', '"ndcg@10" ', 1))
+    with pytest.raises(DamagedVersion, match="metrics.json"):
+        drift_report(plan)
