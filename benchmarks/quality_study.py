@@ -323,7 +323,8 @@ def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float
         "stopped_by": metrics["stopped_by"],
         "valid": metrics["valid"],
         "test": metrics["test"],
-        "wall_s": round(time.time() - t0, 1),
+        # A resumed row's process saw only its last part: the curve's total is the row's.
+        "wall_s": max(round(time.time() - t0, 1), curve[-1]["wall_s"] if curve else 0.0),
         "commit": _commit(),
         "curve": curve,
     }
@@ -403,8 +404,12 @@ def table() -> None:
             print(f"{name:<27}{cells}")
 
 
+# row -> its colour, the same in every panel
+PLOTTED_ROWS = {"vq-transfer": "C0", "vq-scratch": "C3", "text": "C2", "id": "C1"}
+
+
 def plot(path: Path) -> None:
-    """Valid N@10 against wall-clock (seed 2026) for transfer, scratch and text, per target."""
+    """Valid N@10 against wall-clock (seed 2026) of PLOTTED_ROWS, one panel per target."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,11 +421,11 @@ def plot(path: Path) -> None:
     axes = np.atleast_1d(axes)
     for ax, target in zip(axes, targets, strict=False):
         for r in records:
-            if r["domain"] != target or r["row"] not in ("vq-transfer", "vq-scratch", "text"):
+            if r["domain"] != target or r["row"] not in PLOTTED_ROWS:
                 continue
             xs = [p["wall_s"] for p in r["curve"]]
             ys = [p["valid_ndcg@10"] for p in r["curve"]]
-            ax.plot(xs, ys, marker=".", label=r["row"])
+            ax.plot(xs, ys, marker=".", label=r["row"], color=PLOTTED_ROWS[r["row"]])
         ax.set_title(f"{target}: valid NDCG@10 vs wall-clock (seed {SEEDS[0]})")
         ax.set_xlabel("seconds of training + validation (1 CPU thread)")
         ax.set_ylabel("valid NDCG@10")
