@@ -461,18 +461,26 @@ def main(argv: list[str] | None = None) -> int:
         move_current=args.move_current,
     )
     summary: dict[str, Any] = {}
+    refused: dict[type[BaseException], int] = {LakeError: 2, ValueError: 2, RuntimeError: 2}
+
+    def validate() -> int:
+        for name in filter(None, [config.version, config.clean_version]):
+            validate_name(name, "version")
+        for name in config.domains or []:
+            validate_name(name, "domain")
+        return 0
+
+    # Refused before anything is written (the JVM's log folder too) or a JVM started.
+    code = run_job("vqrec encode", validate, refused)
+    if code:
+        return code
     log_file = jvm_log_file("vqrec-encode") if SparkSession.getActiveSession() is None else None
 
     def job() -> int:
-        for name in filter(None, [config.version, config.clean_version]):
-            validate_name(name, "version")
-        for name in config.domains or []:  # refused before a JVM is started for nothing
-            validate_name(name, "domain")
         spark = spark_session("vqrec-encode", master=args.master, jvm_log=log_file)
         summary.update(run_encode(spark, config))
         return 0
 
-    refused: dict[type[BaseException], int] = {LakeError: 2, ValueError: 2, RuntimeError: 2}
     code = run_job("vqrec encode", job, refused, where=lake_root(config.lake), log_file=log_file)
     if code:
         return code
