@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vqrec.orchestration.pipeline import RunPlan, plan_run, resolve_raw_snapshot, version_for
@@ -122,12 +124,10 @@ def test_cadence_is_incremental_on_a_champion_backbone(trained_world, tmp_path):
         plan_run({**params, "cadence": "weekly"}, "2026-11-21")
 
 
-@pytest.mark.usefixtures("lake_store")
-def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world, tmp_path):
-    """Read from what the stages committed: the night's codes stats and the test NDCG@10 of
-    the night's model against the refresh's (here: an untrained model after a trained one)."""
+def _incremental_night(trained_world, tmp_path) -> tuple[Path, RunPlan]:
+    """A copy of the trained toy world and the plan of an incremental night on it: the
+    night's model ("worse", untrained) after the refresh's ("trained")."""
     from tests.support.world import DOMAIN, copy_world, name_data_like_models
-    from vqrec.orchestration.pipeline import drift_report
 
     lake = copy_world(trained_world, tmp_path / "lake")["lake"]
     name_data_like_models(lake)
@@ -136,6 +136,17 @@ def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world
         pretrain_domains=[DOMAIN], target_domains=[DOMAIN], cadence="incremental",
         backbone_version="trained",
     )  # fmt: skip
+    return lake, plan
+
+
+@pytest.mark.usefixtures("lake_store")
+def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world, tmp_path):
+    """Read from what the stages committed: the night's codes stats and the test NDCG@10 of
+    the night's model against the refresh's (here: an untrained model after a trained one)."""
+    from tests.support.world import DOMAIN
+    from vqrec.orchestration.pipeline import drift_report
+
+    _, plan = _incremental_night(trained_world, tmp_path)
     report = drift_report(plan)
     figures = report["domains"][DOMAIN]
     test = trained_world["test"]
@@ -156,17 +167,11 @@ def test_drift_report_recommends_a_refresh_when_a_limit_is_crossed(trained_world
 def test_drift_report_refuses_a_damaged_model_instead_of_skipping_it(trained_world, tmp_path):
     """A model part whose files changed after its commit is not "a model without figures":
     the report stops on it (vqrec.lake.store.find_part), naming the file."""
-    from tests.support.world import DOMAIN, copy_world, name_data_like_models
+    from tests.support.world import DOMAIN
     from vqrec.lake.store import DamagedVersion
     from vqrec.orchestration.pipeline import drift_report
 
-    lake = copy_world(trained_world, tmp_path / "lake")["lake"]
-    name_data_like_models(lake)
-    plan = RunPlan(
-        lake=str(lake), raw_root="", version="worse", domains=[DOMAIN],
-        pretrain_domains=[DOMAIN], target_domains=[DOMAIN], cadence="incremental",
-        backbone_version="trained",
-    )  # fmt: skip
+    lake, plan = _incremental_night(trained_world, tmp_path)
     metrics = lake / "models" / "trained" / "domains" / DOMAIN / "metrics.json"
     metrics.write_text(metrics.read_text().replace('"ndcg@10"', '"ndcg@10" ', 1))
     with pytest.raises(DamagedVersion, match="metrics.json"):
