@@ -1,6 +1,6 @@
 """The cost curve: wall time and peak memory of every stage against data size (not a test).
 
-    python benchmarks/bench_scale.py run [--sizes 200000,2000000,20000000]   # resumable
+    python benchmarks/bench_scale.py run [--sizes 200000,2000000,20000000] [--negatives K]
     python benchmarks/bench_scale.py report    # table, slopes, docs/scale.png
 
 For each size (events in one synthetic domain, the demo generator scaled: ~17 events a user,
@@ -17,6 +17,10 @@ included, sampled every 0.2 s) and the counts. A stage already recorded whose ou
 on the lake is skipped, so a stopped run resumes where it was. ``report`` fits the slope of
 log(time) against log(events) per stage (1.0 = linear) and draws the log-log plot.
 
+``--negatives K`` trains with the sampled softmax (``vqrec finetune --negatives K``) instead of
+the full one; its records are the stage ``train K=<K>``, beside the full softmax's ``train``.
+Both also show their one epoch alone (``... epoch``), without the stage's fixed costs.
+
 Wall times are whatever the machine gives: the record says how many CPUs it had and the load
 average when the stage started, so a figure from a loaded machine says so.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -103,7 +108,7 @@ def generate(events: int, raw: Path) -> dict:
     return manifest["domains"][DOMAIN]
 
 
-def stage_commands(work: Path) -> dict[str, tuple[list[str], Path]]:
+def stage_commands(work: Path, negatives: int = 0) -> dict[str, tuple[list[str], Path]]:
     """Stage -> (the CLI command, the lake folder its success leaves)."""
     lake = work / "lake"
     cli = [sys.executable, "-m", "vqrec.cli"]
@@ -119,7 +124,7 @@ def stage_commands(work: Path) -> dict[str, tuple[list[str], Path]]:
                   lake / "codes" / "s"),
         "train": (cli + ["finetune", "--mode", "scratch", "--domain", DOMAIN, "--epochs", "1",
                          "--clean-version", "s", "--codes-version", "s", "--version", "s",
-                         "--no-progress"] + common,
+                         "--no-progress", "--negatives", str(negatives)] + common,
                   lake / "models" / "s"),
         "evaluate": (cli + ["evaluate", "--models-version", "s", "--domain", DOMAIN,
                             "--split", "test", "--clean-version", "s"] + common, None),
@@ -146,19 +151,28 @@ def _train_epoch_s(work: Path) -> float | None:
     return round(history[0]["seconds"], 1) if history else None
 
 
-def run_size(events: int) -> None:
+def label(record: dict) -> str:
+    """A record's row in the report: its stage, and the sampled softmax's K for training."""
+    k = record.get("negatives", 0)
+    return f"{record['stage']} K={k}" if k else record["stage"]
+
+
+def run_size(events: int, negatives: int) -> None:
     work = WORK / str(events)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     entry = generate(events, work / "raw")
-    done = {r["stage"] for r in _records() if r["size_events"] == events}
+    done = {label(r) for r in _records() if r["size_events"] == events}
     env = os.environ | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYSPARK_PYTHON": sys.executable,
     }  # fmt: skip
-    for stage, (cmd, output) in stage_commands(work).items():
-        if stage in done and (output is None or output.exists()):
+    for stage, (cmd, output) in stage_commands(work, negatives).items():
+        planned = label({"stage": stage, "negatives": negatives if stage == "train" else 0})
+        if planned in done and (output is None or output.exists()):
             continue
+        if stage == "train" and output.exists():  # trained with another K: train again
+            shutil.rmtree(output)
         print(f"{events:>11,} events  {stage:<9}", end=" ", flush=True)
         record = measure(cmd, env, work / "logs" / f"{stage}.log")
         record = {"size_events": events, "stage": stage} | record | {
@@ -166,7 +180,7 @@ def run_size(events: int) -> None:
             "cpus": os.cpu_count(), "commit": _commit(),
         }  # fmt: skip
         if stage == "train":
-            record["epoch_s"] = _train_epoch_s(work)
+            record |= {"epoch_s": _train_epoch_s(work), "negatives": negatives}
         print(f"{record['wall_s']:>8.1f} s  {record['peak_rss_mb']:>6} MiB", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
@@ -174,39 +188,53 @@ def run_size(events: int) -> None:
 
 
 def _latest() -> dict[tuple[int, str], dict]:
-    """The last record of each (size, stage): a rerun replaces an earlier figure."""
-    return {(r["size_events"], r["stage"]): r for r in _records()}
+    """The last record of each (size, row): a rerun replaces an earlier figure. A training
+    record also gives its epoch alone (row ``<label> epoch``, its ``epoch_s``)."""
+    latest: dict[tuple[int, str], dict] = {}
+    for r in _records():
+        latest[(r["size_events"], label(r))] = r
+        if r.get("epoch_s"):
+            latest[(r["size_events"], f"{label(r)} epoch")] = r | {"wall_s": r["epoch_s"]}
+    return latest
+
+
+def _rows(latest: dict[tuple[int, str], dict]) -> list[str]:
+    """The report's rows: the stages in pipeline order, a stage's variants after it."""
+    names = {name for _, name in latest}
+    return sorted(names, key=lambda n: (STAGES.index(n.split()[0]), n))
 
 
 def slopes(latest: dict[tuple[int, str], dict]) -> dict[str, float]:
-    """Per stage, the least-squares slope of log(wall time) against log(events)."""
+    """Per row, the least-squares slope of log(wall time) against log(events)."""
     import numpy as np
 
     out = {}
-    for stage in STAGES:
-        points = sorted((s, r["wall_s"]) for (s, st), r in latest.items() if st == stage)
+    for row in _rows(latest):
+        points = sorted((s, r["wall_s"]) for (s, name), r in latest.items() if name == row)
         if len(points) >= 2:
             x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
-            out[stage] = float(np.polyfit(x, y, 1)[0])
+            out[row] = float(np.polyfit(x, y, 1)[0])
     return out
 
 
 def report() -> None:
     latest = _latest()
     sizes = sorted({s for s, _ in latest})
-    print(f"{'stage':<10}" + "".join(f"{s:>22,}" for s in sizes) + "   slope")
+    print(f"{'stage':<18}" + "".join(f"{s:>22,}" for s in sizes) + "   slope")
     fitted = slopes(latest)
-    for stage in STAGES:
+    for row in _rows(latest):
         cells = []
         for s in sizes:
-            r = latest.get((s, stage))
+            r = latest.get((s, row))
             cells.append(f"{r['wall_s']:>9.1f} s {r['peak_rss_mb']:>6} MiB" if r else " " * 22)
-        slope = f"{fitted[stage]:7.2f}" if stage in fitted else ""
-        print(f"{stage:<10}" + "".join(f"{c:>22}" for c in cells) + slope)
+        slope = f"{fitted[row]:7.2f}" if row in fitted else ""
+        print(f"{row:<18}" + "".join(f"{c:>22}" for c in cells) + slope)
     if sizes:
         first = [latest[k] for k in latest if k[0] == sizes[-1]][0]
-        print(f"(largest: {first['users']:,} users, {first['items']:,} items; wall time, peak "
-              "RSS of the stage's process tree)")  # fmt: skip
+        print(
+            f"(largest: {first['users']:,} users, {first['items']:,} items; wall time, "
+            "peak RSS of the stage's process tree; '... epoch': the training epoch alone)"
+        )
     _plot(latest)
 
 
@@ -217,17 +245,18 @@ def _plot(latest: dict[tuple[int, str], dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for stage in STAGES:
-        points = sorted((s, r["wall_s"]) for (s, st), r in latest.items() if st == stage)
+    for row in _rows(latest):
+        points = sorted((s, r["wall_s"]) for (s, name), r in latest.items() if name == row)
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=stage)
+            style = "--" if row.endswith("epoch") else "-"
+            ax.plot(*zip(*points, strict=True), style, marker="o", label=row)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("events (one synthetic domain)")
     ax.set_ylabel("wall time (s)")
     ax.set_title("vqrec stages against data size (2-core CPU machine)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=120)
     print(f"plot: {PLOT.relative_to(ROOT)}")
@@ -236,12 +265,21 @@ def _plot(latest: dict[tuple[int, str], dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--sizes", default="200000,2000000,20000000",
-                        help="comma-separated event counts (default: %(default)s)")  # fmt: skip
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--sizes",
+        default="200000,2000000,20000000",
+        help="comma-separated event counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--negatives",
+        type=int,
+        default=0,
+        help="train with the sampled softmax over K items (0: full softmax)",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
     if args.command == "run":
         for events in sorted(int(s) for s in args.sizes.split(",") if s):
-            run_size(events)
+            run_size(events, args.negatives)
     report()
     return 0
 

@@ -1,4 +1,5 @@
-"""Losses: contrastive InfoNCE against a hand computation, code corruption, full softmax."""
+"""Losses: contrastive InfoNCE against a hand computation, code corruption, full and sampled
+softmax."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import math
 import pytest
 import torch
 
-from vqrec.core.losses import contrastive_loss, corrupt_codes, full_softmax_loss
+from vqrec.core.losses import (
+    contrastive_loss,
+    corrupt_codes,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
 
 
 def _cos(a: list[float], b: list[float]) -> float:
@@ -108,3 +114,41 @@ def test_full_softmax_loss_excludes_padding():
     assert full_softmax_loss(seq, items_other_pad, targets, temperature).item() == loss.item()
     with pytest.raises(ValueError, match="padding"):
         full_softmax_loss(seq, items, torch.tensor([0, 1, 2, 3]), temperature)
+
+
+def test_sampled_softmax_over_the_whole_catalogue_is_the_full_softmax():
+    gen = torch.Generator().manual_seed(1)
+    seq = torch.randn(5, 8, generator=gen)
+    items = torch.randn(7, 8, generator=gen)  # padding row 0, items 1..6
+    targets = torch.tensor([1, 6, 3, 3, 2])
+    every = torch.randperm(6, generator=gen) + 1  # K = N, in any order
+    sampled = sampled_softmax_loss(seq, items[targets], targets, items[every], every, 6, 0.07)
+    assert sampled.item() == pytest.approx(full_softmax_loss(seq, items, targets, 0.07).item())
+
+
+def test_sampled_softmax_estimates_the_full_denominator_without_bias():
+    """Averaged over draws, the sampled negatives' weighted exp-logits are the full softmax's
+    sum over the non-target items (what ``+ log(N/K)`` and the target mask are for)."""
+    gen = torch.Generator().manual_seed(2)
+    n, k, temperature = 40, 8, 0.5
+    seq = torch.randn(1, 8, generator=gen)
+    items = torch.randn(n + 1, 8, generator=gen)
+    target = torch.tensor([3])
+    cos = torch.nn.functional.cosine_similarity(seq, items[1:]) / temperature
+    want = (cos.exp().sum() - cos[2].exp()).item()  # every item but the target (id 3)
+    pos_logit = cos[2].item()
+    estimates = []
+    for _ in range(4000):
+        ids = torch.randperm(n, generator=gen)[:k] + 1
+        loss = sampled_softmax_loss(seq, items[target], target, items[ids], ids, n, temperature)
+        # loss = log(exp(pos) + S) - pos, so S = exp(loss + pos) - exp(pos)
+        estimates.append(math.exp(loss.item() + pos_logit) - math.exp(pos_logit))
+    assert sum(estimates) / len(estimates) == pytest.approx(want, rel=0.03)
+
+
+def test_sampled_softmax_checks_its_shapes():
+    seq, ids = torch.randn(2, 4), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="K must be"):
+        sampled_softmax_loss(seq, seq, ids, torch.randn(2, 4), ids, 1, 0.1)
+    with pytest.raises(ValueError, match="neg must be"):
+        sampled_softmax_loss(seq, seq, ids, torch.randn(3, 4), ids, 5, 0.1)

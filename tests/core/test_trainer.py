@@ -268,3 +268,19 @@ def test_matched_alignment_is_applied_before_fine_tuning() -> None:
     data.backbone_codes[0] = 0
     result = finetune(data, cfg, ModelConfig(**TINY), pre.model)
     assert [h["phase"] for h in result.metrics["history"]] == ["train"]
+
+
+def test_sampled_softmax_fine_tuning_learns_and_is_the_full_softmax_at_k_n() -> None:
+    """negatives=K trains on K sampled items a step; K >= the catalogue is the paper's full
+    softmax exactly; a small K still learns the planted topics (beats popularity)."""
+    torch.set_num_threads(1)
+    data = topic_domain("T", 120, 200, 6, seed=3)
+    base = dict(mode="scratch", epochs=2, batch_size=64, patience=5, progress=False, seed=11)
+    full = finetune(data, TrainConfig(**base), ModelConfig(**TINY))
+    every = finetune(data, TrainConfig(**base, negatives=data.n_items), ModelConfig(**TINY))
+    _same(full.model.state_dict(), every.model.state_dict())
+    sampled = finetune(data, TrainConfig(**base | {"epochs": 6}, negatives=16), ModelConfig(**TINY))
+    pop = popularity_metrics(data.splits["train"], data.splits["test"], data.n_items)
+    assert sampled.metrics["test"]["ndcg@10"] > 2 * pop["ndcg@10"]
+    with pytest.raises(ValueError, match="negatives"):
+        TrainConfig(negatives=-1)

@@ -1,9 +1,12 @@
-"""Training losses of VQ-Rec: in-batch contrastive pre-training and full-softmax fine-tuning.
+"""Training losses of VQ-Rec: in-batch contrastive pre-training, full-softmax fine-tuning and
+its sampled form for large catalogues.
 
-Both score with cosine similarity divided by a temperature, as :meth:`VQRec.score`.
+All score with cosine similarity divided by a temperature, as :meth:`VQRec.score`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -84,3 +87,38 @@ def full_softmax_loss(
         )
     logits = F.normalize(seq, dim=-1) @ F.normalize(items[1:], dim=-1).T / temperature
     return F.cross_entropy(logits, targets - 1)
+
+
+def sampled_softmax_loss(
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    targets: torch.LongTensor,
+    neg: torch.Tensor,
+    neg_ids: torch.LongTensor,
+    n_items: int,
+    temperature: float,
+) -> torch.Tensor:
+    """Cross-entropy against K items sampled from the catalogue (shared by every row).
+
+    Not in the official implementation (its fine-tuning scores every item): the full softmax
+    costs rows x catalogue per epoch, so an epoch grows with the square of the data when the
+    catalogue grows with it. seq (B, H); pos (B, H) the targets' representations; targets
+    (B,) their ids; neg (K, H) / neg_ids (K,) K distinct items drawn uniformly from the N
+    catalogue items. Each non-target item is in the sample with probability K/N, so the
+    sampled negatives' exp-logits, weighted by N/K (``+ log(N/K)`` on the logits), estimate
+    the full softmax's denominator without bias; a row's own target among them is masked.
+    With K = N the loss is the full softmax exactly.
+    """
+    if seq.shape != pos.shape or seq.dim() != 2:
+        raise ValueError(f"seq and pos must both be (B, H), got {seq.shape} and {pos.shape}")
+    if neg.dim() != 2 or neg.shape[0] != neg_ids.shape[0] or neg.shape[1] != seq.shape[1]:
+        raise ValueError(f"neg must be (K, {seq.shape[1]}) with K ids, got {tuple(neg.shape)}")
+    if not 0 < neg_ids.shape[0] <= n_items:
+        raise ValueError(f"K must be in 1..N={n_items}, got {neg_ids.shape[0]}")
+    seq = F.normalize(seq, dim=-1)
+    positive = (seq * F.normalize(pos, dim=-1)).sum(-1, keepdim=True) / temperature  # (B, 1)
+    negative = seq @ F.normalize(neg, dim=-1).T / temperature  # (B, K)
+    negative = negative + math.log(n_items / neg_ids.shape[0])
+    negative = negative.masked_fill(targets.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))

@@ -80,6 +80,13 @@ class TrainConfig:
         default=0,
         metadata={"help": "evaluate on a fixed sample of this many valid rows/domain (0: all)"},
     )
+    # 0: the paper's full softmax, every catalogue item scored for every target (an epoch
+    # costs rows x catalogue); K: K items sampled per step (vqrec.core.losses), for
+    # catalogues far larger than K (docs/SCALE.md). Fine-tuning only.
+    negatives: int = field(
+        default=0,
+        metadata={"help": "fine-tune softmax over K sampled items a step (0: every item)"},
+    )
     amp: bool = field(
         default=False, metadata={"help": "bf16 autocast (not measured to help on CPU)"}
     )
@@ -106,6 +113,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "max_len", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.negatives < 0:
+            raise ValueError(f"negatives must be >= 0, not {self.negatives}")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"rho must be in [0, 1], not {self.rho}")
 

@@ -44,7 +44,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from vqrec.core.losses import contrastive_loss, corrupt_codes, full_softmax_loss
+from vqrec.core.losses import (
+    contrastive_loss,
+    corrupt_codes,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
 from vqrec.core.metrics import EvalConfig, evaluate, format_metrics
 from vqrec.core.model import ModelConfig, VQRec
 from vqrec.core.permutation import (
@@ -149,12 +154,15 @@ class PretrainObjective(nn.Module):
 
 
 class FinetuneObjective(nn.Module):
-    """Cross-entropy over every item of the domain (padding excluded)."""
+    """Cross-entropy over every item of the domain (padding excluded), or, with
+    ``negatives`` > 0, over that many items sampled anew each step (``sampled_softmax_loss``:
+    an epoch linear in the catalogue instead of rows x catalogue)."""
 
-    def __init__(self, model: VQRec, temperature: float):
+    def __init__(self, model: VQRec, temperature: float, negatives: int = 0):
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.negatives = negatives
 
     def forward(self, hist: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor):
         if targets.dim() == 2:  # chains: a target at every position
@@ -162,7 +170,15 @@ class FinetuneObjective(nn.Module):
             targets = targets[targets > 0]
         else:
             seq = self.model.encode(hist, lengths)
-        return full_softmax_loss(seq, self.model.all_item_embeddings(), targets, self.temperature)
+        n_items = self.model.config.n_items - 1  # without the padding row
+        if not 0 < self.negatives < n_items:
+            return full_softmax_loss(
+                seq, self.model.all_item_embeddings(), targets, self.temperature
+            )
+        neg_ids = torch.randperm(n_items, device=seq.device)[: self.negatives] + 1
+        emb = self.model.item_embeddings(torch.cat([targets, neg_ids]))
+        pos, neg = emb[: len(targets)], emb[len(targets) :]
+        return sampled_softmax_loss(seq, pos, targets, neg, neg_ids, n_items, self.temperature)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -626,7 +642,7 @@ def finetune(
     loop = Loop(cfg, model, device, checkpoint, resume)
     train = training_rows(data, cfg)
     valid = _subsample(data.splits["valid"], cfg.valid_rows, cfg.seed)
-    objective: nn.Module = FinetuneObjective(model, model.config.temperature)
+    objective: nn.Module = FinetuneObjective(model, model.config.temperature, cfg.negatives)
     if cfg.compile:
         objective = torch.compile(objective)
     pre_trained = cfg.mode in ("transfer", "full") and model.config.item_encoder == "vq"

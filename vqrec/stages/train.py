@@ -403,7 +403,7 @@ def main_finetune(argv: list[str] | None = None) -> int:
     names = _add_train_flags(
         parser,
         finetune_config(),  # FINETUNE_DEFAULTS over TrainConfig's
-        ("mode", "permutation", "permutation_epochs"),
+        ("mode", "permutation", "permutation_epochs", "negatives"),
         overrides={"mode": {"choices": [m for m in MODES if m != "pretrain"]}},
     )
     parser.add_argument("--domain", required=True, help="the domain to fine-tune (required)")
