@@ -45,6 +45,7 @@ def _airflow_env(home: Path, lake: Path, raw: Path) -> dict[str, str]:
         VQREC_TARGET_DOMAINS="Arts,Garden,Kitchen",
         VQREC_HYPER=json.dumps(HYPER),
         VQREC_CODE_STRATEGY="shared",  # demo domains are too small for their own OPQ
+        VQREC_SPARK_DRIVER_MEMORY="3g",  # reaches spark-submit (the default is 4g)
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
     )
@@ -217,6 +218,9 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
     plots = {a.path for a in client.list_artifacts(codes_run.info.run_id, "plots")}
     for domain in ("Arts", "Garden", "Kitchen"):
         assert {f"plots/code_usage_{domain}.png", f"plots/collisions_{domain}.png"} <= plots
+    # The driver's heap is spark-submit's flag: a session's conf comes after the JVM started.
+    night_log = (nightly_world["base"] / "n1.log").read_text()
+    assert "spark-submit --master local[2] --driver-memory 3g --name vqrec-clean" in night_log
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vqrec.core.code_strategy import DEFAULT_STRATEGY, check_strategy
+from vqrec.spark import driver_memory
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS_DIR = REPO / "jobs"
@@ -97,6 +98,7 @@ def spark_job(task_id: str, script: str, args: list[str], doc_md: str):
         application_args=args,
         env_vars=spark_env(),
         name=f"vqrec-{task_id}",
+        driver_memory=driver_memory(),
     )
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from vqrec.spark import driver_memory
+
 
 def spark_session(
     app_name: str, master: str | None = None, jvm_log: Path | None = None
@@ -38,7 +40,7 @@ def spark_session(
         "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.memory": os.environ.get("VQREC_SPARK_DRIVER_MEMORY", "4g"),
+        "spark.driver.memory": driver_memory(),
         "spark.executorEnv.OMP_NUM_THREADS": "1",
         "spark.executorEnv.MKL_NUM_THREADS": "1",
         "spark.executorEnv.TOKENIZERS_PARALLELISM": "false",
