@@ -13,8 +13,9 @@ them, each in its own process, on a lake of its own:
 
 and appends one JSON line per finished (size, stage) to ``benchmarks/results/scale.jsonl``:
 wall time, peak memory (the resident set of the stage's whole process tree, Spark's JVM
-included, sampled every 0.2 s) and the counts. A stage already recorded whose output is still
-on the lake is skipped, so a stopped run resumes where it was. ``report`` fits the slope of
+included, sampled every 0.2 s) and the counts. The stages at the front of the chain that are
+recorded and whose output is still on the lake are skipped, so a stopped run resumes where it
+was; every stage after the first one that runs runs again. ``report`` fits the slope of
 log(time) against log(events) per stage (1.0 = linear) and draws the log-log plot.
 
 ``--negatives K`` trains with the sampled softmax (``vqrec finetune --negatives K``) instead of
@@ -151,6 +152,14 @@ def _train_epoch_s(work: Path) -> float | None:
     return round(history[0]["seconds"], 1) if history else None
 
 
+def _check_recommended(work: Path) -> None:
+    """Refuse a recommend run that skipped the domain (no champion): it measured nothing."""
+    manifest = work / "lake" / "recommendations" / "s" / "_MANIFEST.json"
+    entry = json.loads(manifest.read_text())["domains"][DOMAIN]
+    if "skipped" in entry:
+        raise SystemExit(f"recommend skipped {DOMAIN}: {entry['skipped']}")
+
+
 def label(record: dict) -> str:
     """A record's row in the report: its stage, and the sampled softmax's K for training."""
     k = record.get("negatives", 0)
@@ -167,11 +176,15 @@ def run_size(events: int, negatives: int) -> None:
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYSPARK_PYTHON": sys.executable,
     }  # fmt: skip
+    resumed = True  # skipping the finished stages at the front of the chain
     for stage, (cmd, output) in stage_commands(work, negatives).items():
         planned = label({"stage": stage, "negatives": negatives if stage == "train" else 0})
-        if planned in done and (output is None or output.exists()):
+        if resumed and planned in done and (output is None or output.exists()):
             continue
-        if stage == "train" and output.exists():  # trained with another K: train again
+        # From here every stage runs again: its input changed (a registry without a model
+        # let `recommend` skip the domain in a few seconds, which is no measurement).
+        resumed = False
+        if output is not None and output.exists():
             shutil.rmtree(output)
         print(f"{events:>11,} events  {stage:<9}", end=" ", flush=True)
         record = measure(cmd, env, work / "logs" / f"{stage}.log")
@@ -181,6 +194,8 @@ def run_size(events: int, negatives: int) -> None:
         }  # fmt: skip
         if stage == "train":
             record |= {"epoch_s": _train_epoch_s(work), "negatives": negatives}
+        if stage == "recommend":
+            _check_recommended(work)
         print(f"{record['wall_s']:>8.1f} s  {record['peak_rss_mb']:>6} MiB", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
