@@ -216,7 +216,7 @@ def _latest() -> dict[tuple[int, str], dict]:
 def _rows(latest: dict[tuple[int, str], dict]) -> list[str]:
     """The report's rows: the stages in pipeline order, a stage's variants after it."""
     names = {name for _, name in latest}
-    return sorted(names, key=lambda n: (STAGES.index(n.split()[0]), n))
+    return sorted(names, key=lambda n: (STAGES.index(n.split()[0]), " K=" in n, n))
 
 
 def slopes(latest: dict[tuple[int, str], dict]) -> dict[str, float]:
