@@ -152,6 +152,12 @@ def _train_epoch_s(work: Path) -> float | None:
     return round(history[0]["seconds"], 1) if history else None
 
 
+def _trained_negatives(work: Path) -> int:
+    """The sampled softmax's K of the model on the lake (0: the full softmax)."""
+    config = work / "lake" / "models" / "s" / "domains" / DOMAIN / "config.json"
+    return json.loads(config.read_text())["train"].get("negatives", 0)
+
+
 def _check_recommended(work: Path) -> None:
     """Refuse a recommend run that skipped the domain (no champion): it measured nothing."""
     manifest = work / "lake" / "recommendations" / "s" / "_MANIFEST.json"
@@ -179,7 +185,10 @@ def run_size(events: int, negatives: int) -> None:
     resumed = True  # skipping the finished stages at the front of the chain
     for stage, (cmd, output) in stage_commands(work, negatives).items():
         planned = label({"stage": stage, "negatives": negatives if stage == "train" else 0})
-        if resumed and planned in done and (output is None or output.exists()):
+        on_lake = output is None or output.exists()
+        if stage == "train" and on_lake:  # the model on the lake: trained with this K?
+            on_lake = _trained_negatives(work) == negatives
+        if resumed and planned in done and on_lake:
             continue
         # From here every stage runs again: its input changed (a registry without a model
         # let `recommend` skip the domain in a few seconds, which is no measurement).
