@@ -160,8 +160,9 @@ def _trained_negatives(work: Path) -> int:
 
 def _check_recommended(work: Path) -> None:
     """Refuse a recommend run that skipped the domain (no champion): it measured nothing."""
-    manifest = work / "lake" / "recommendations" / "s" / "_MANIFEST.json"
-    entry = json.loads(manifest.read_text())["domains"][DOMAIN]
+    from vqrec.lake.store import read_success
+
+    entry = read_success(work / "lake" / "recommendations" / "s")["domains"][DOMAIN]
     if "skipped" in entry:
         raise SystemExit(f"recommend skipped {DOMAIN}: {entry['skipped']}")
 
