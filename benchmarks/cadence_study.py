@@ -18,7 +18,7 @@ local MLflow store in the lake), with the same hyper-parameters:
 * ``day2-incremental``: a copy of day 1's lake, day 2's snapshot, ``cadence=incremental``;
 * ``day2-refresh``: another copy, day 2's snapshot, ``cadence=refresh``.
 
-For each run: the DAG's wall time, each stage's wall time (the night summary) and every
+For each run: the DAG's wall time, each task's wall time (Airflow's metadata DB) and every
 target domain's test N@10 and R@10 (the fine-tuned model on day 2's test split). Results go
 to ``benchmarks/results/cadence.json``; a finished run is not run again (resume).
 The lake copies share day 1's MLflow artifact folder (MLflow stores artifact locations as
@@ -36,6 +36,7 @@ import gzip
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "cadence.json"
 DOMAINS = ("Games", "Beauty", "Scientific")
 PRETRAIN = ("Games", "Beauty")
 DAY1, DAY2 = "2026-12-01", "2026-12-02"
+STAGE_ORDER = ("plan", "clean", "encode", "codes", "pretrain", "finetune", "evaluate",
+               "register", "recommend")  # fmt: skip
 RUNS = {  # name -> (date, cadence, the lake it starts from)
     "day1-refresh": (DAY1, "refresh", None),
     "day2-incremental": (DAY2, "incremental", "day1-refresh"),
@@ -161,7 +164,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def figures(home: Path, date: str) -> dict:
     """Per target domain: test N@10 / R@10 of the night's fine-tuned model; stage times."""
-    models = home / "lake" / "models" / date
+    from vqrec.orchestration.pipeline import version_for
+
+    version = version_for(f"{date}T00:00:00+00:00", "")
+    models = home / "lake" / "models" / version
     out: dict = {"domains": {}, "stages_s": {}}
     for metrics in sorted(models.glob("domains/*/metrics.json")):
         m = json.loads(metrics.read_text())
@@ -170,26 +176,22 @@ def figures(home: Path, date: str) -> dict:
             "test_ndcg@10": m["test"]["ndcg@10"], "test_recall@10": m["test"]["recall@10"],
             "epochs": len(train), "best_epoch": m["best_epoch"],
         }  # fmt: skip
-    out["stages_s"] = stage_seconds(home / "lake", date)
+    out["stages_s"] = stage_seconds(home)
     return out
 
 
-def stage_seconds(lake: Path, date: str) -> dict[str, float]:
-    """The night's parent MLflow run's ``wall_s.<stage>`` metrics (its children's spans)."""
-    from mlflow.tracking import MlflowClient
-
-    from vqrec.mlops import tracking
-
-    tracking.setup_tracking(str(lake))
-    client = MlflowClient()
-    query = f"tags.mlflow.runName LIKE 'nightly {date}%'"
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, query)
-    if not runs:
-        return {}
-    metrics = runs[0].data.metrics
-    walls = {k: v for k, v in metrics.items() if k.startswith("wall_s.")}
-    return {k.removeprefix("wall_s."): round(v, 1) for k, v in walls.items()}
+def stage_seconds(home: Path) -> dict[str, float]:
+    """Each task's seconds in the run's Airflow metadata DB (a mapped task's maps summed:
+    ``airflow dags test`` runs them one after another)."""
+    db = sqlite3.connect(home / "airflow" / "airflow.db")
+    try:
+        rows = db.execute(
+            "SELECT task_id, SUM(duration) FROM task_instance "
+            "WHERE dag_id = 'vqrec_nightly' GROUP BY task_id"
+        ).fetchall()
+    finally:
+        db.close()
+    return {task: round(seconds, 1) for task, seconds in rows if seconds is not None}
 
 
 def _results() -> dict:
@@ -203,7 +205,9 @@ def run(args: argparse.Namespace) -> None:
                            "pretrain_domains": list(PRETRAIN), "cpus": os.cpu_count()}  # fmt: skip
     runs = results.setdefault("runs", {})
     for name in RUNS:
-        if name in runs:
+        if name in runs:  # finished: its figures again from its lake, where it still is
+            if (WORK / name / "lake").exists():
+                runs[name] |= figures(WORK / name, runs[name]["date"])
             continue
         print(f"{name} ...", flush=True)
         runs[name] = run_one(name, args)
@@ -221,6 +225,13 @@ def table() -> None:
     for name, r in runs.items():
         cells = "  ".join(f"{d} {v['test_ndcg@10']:.4f}" for d, v in r["domains"].items())
         print(f"{name:<18}{r['wall_s']:>9.0f}  {cells}")
+    stages = [t for t in STAGE_ORDER if any(t in r.get("stages_s", {}) for r in runs.values())]
+    if stages:
+        print(f"\n{'task seconds':<18}" + "".join(f"{name:>18}" for name in runs))
+        for task in stages:
+            cells = [r.get("stages_s", {}).get(task) for r in runs.values()]
+            print(f"{task:<18}" + "".join(f"{c:>18.1f}" if c is not None else f"{'':>18}"
+                                          for c in cells))  # fmt: skip
     if inc and ref:
         print(f"day 2, incremental / refresh wall time: {inc['wall_s'] / ref['wall_s']:.2f}")
         for d, v in ref["domains"].items():
