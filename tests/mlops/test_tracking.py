@@ -213,8 +213,14 @@ def test_the_parent_run_summarises_the_night(lake):
     )
     with tracking.stage_run(lake, "nightly-9", "codes"):
         pass
+    # A Spark stage's run is logged after its job: it gets the job's own start and end.
+    with tracking.stage_run(lake, "nightly-9", "clean", span=(1_800_000_000.0, 1_800_000_127.5)):
+        tracking.log_metrics({"A.users": 3})
+    (clean,) = tracking.stage_runs(lake, "nightly-9", "clean")
+    assert (clean.info.start_time, clean.info.end_time) == (1_800_000_000_000, 1_800_000_127_500)
+    assert clean.info.status == "FINISHED" and clean.data.metrics["A.users"] == 3
+    assert clean.data.tags["mlflow.parentRunId"] == parent
     assert len(tracking.stage_runs(lake, "nightly-9", "codes")) == 1
-    assert tracking.stage_runs(lake, "nightly-9", "clean") == []
     tracking.summarize_pipeline_run(
         lake, "nightly-9", {"A.test_ndcg@10": 0.25}, {"vqrec.promotion.A": "v2 promoted"}
     )
@@ -223,6 +229,7 @@ def test_the_parent_run_summarises_the_night(lake):
     assert run.data.params == {"cadence": "incremental", "domains": "A,B"}
     assert run.data.metrics["A.test_ndcg_at_10"] == 0.25
     assert run.data.metrics["wall_s.codes"] >= 0
+    assert run.data.metrics["wall_s.clean"] == 127.5
     assert run.data.tags["vqrec.promotion.A"] == "v2 promoted"
 
 

@@ -213,6 +213,8 @@ def test_nightly_end_to_end_registers_champions(nightly_world):
     for domain in ("Arts", "Garden", "Kitchen"):
         assert parent.data.metrics[f"{domain}.test_ndcg_at_10"] > 0, domain
     assert parent.data.metrics["wall_s.pretrain"] > 0
+    # The Spark stages' runs span their jobs (logged afterwards, from the versions' _SUCCESS).
+    assert parent.data.metrics["wall_s.clean"] > 1 and parent.data.metrics["wall_s.encode"] > 1
     # The codes run plots every domain, one without collisions (Kitchen's) too.
     (codes_run,) = [c for c in children if c.data.tags["vqrec.stage"] == "codes"]
     plots = {a.path for a in client.list_artifacts(codes_run.info.run_id, "plots")}

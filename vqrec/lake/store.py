@@ -182,6 +182,7 @@ def _staged_folder(
     tmp.mkdir()
     (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     meta = metadata if metadata is not None else {}
+    started = time.time()
     try:
         yield tmp
         (tmp / OWNER).unlink()
@@ -189,7 +190,7 @@ def _staged_folder(
             write_manifest(tmp, SUCCESS)
         except ValueError as err:
             raise LakeError(f"cannot commit {parent.name}/{name}: {err}") from err
-        meta.update({**fields, "committed_at": time.time()})
+        meta.update({**fields, "started_at": started, "committed_at": time.time()})
         (tmp / SUCCESS).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         final = parent / name
         # Another writer of the same version may commit between our look and our rename

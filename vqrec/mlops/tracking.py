@@ -463,13 +463,18 @@ def stage_run(
     domain: str | None = None,
     data_versions: Mapping[str, str] | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    span: tuple[float, float] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """A child run for one stage (``codes``, ``pretrain``, ``finetune-<d>``...) under the parent.
 
     The parent is created if this is the first stage to log. The child is the active run
     inside the block (``mlflow.log_*`` go to it); it ends FAILED if the block raises.
+    ``span`` (start, end; seconds since the epoch): the stage ran before its run is logged
+    (the Spark stages, whose jobs log nothing to MLflow), so the run gets the stage's own
+    start and end rather than the few milliseconds of logging it.
     """
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     parent_id = start_pipeline_run(
         lake, pipeline_run_id, data_versions=data_versions, experiment=experiment
@@ -482,11 +487,23 @@ def stage_run(
     if commit:
         tags[TAG_GIT_COMMIT] = commit
         tags["mlflow.source.git.commit"] = commit
-    # nested=True: a caller may already hold an active run (e.g. a notebook); ours nests.
-    with mlflow.start_run(
-        run_name=stage, parent_run_id=parent_id, tags=tags, nested=mlflow.active_run() is not None
-    ) as run:
+    nested = mlflow.active_run() is not None  # a caller's run (e.g. a notebook): ours nests
+    if span is None:
+        with mlflow.start_run(
+            run_name=stage, parent_run_id=parent_id, tags=tags, nested=nested
+        ) as run:
+            yield run
+        return
+    client = MlflowClient()
+    created = client.create_run(
+        setup_tracking(lake, experiment),
+        start_time=int(span[0] * 1000),
+        tags={**tags, "mlflow.parentRunId": parent_id},
+        run_name=stage,
+    )
+    with mlflow.start_run(run_id=created.info.run_id, nested=nested) as run:
         yield run
+    client.set_terminated(created.info.run_id, "FINISHED", end_time=int(span[1] * 1000))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -231,7 +231,12 @@ def _data_versions(plan: RunPlan) -> dict[str, str]:
     return {stage: plan.version for stage in ("clean", "embeddings", "codes", "models")}
 
 
-def _stage_run(plan: RunPlan, stage: str, domain: str | None = None):
+def _stage_run(
+    plan: RunPlan,
+    stage: str,
+    domain: str | None = None,
+    span: tuple[float, float] | None = None,
+):
     """The MLflow child run of one stage, under the run's parent: the parent is named after
     the run (``nightly d20261120T000000 (incremental)``) and carries the plan as params."""
     from vqrec.mlops import tracking
@@ -260,7 +265,13 @@ def _stage_run(plan: RunPlan, stage: str, domain: str | None = None):
         stage,
         domain=domain,
         data_versions=_data_versions(plan),
+        span=span,
     )
+
+
+def _span(meta: dict[str, Any]) -> tuple[float, float]:
+    """A committed version's (started_at, committed_at), from its ``_SUCCESS``."""
+    return float(meta["started_at"]), float(meta["committed_at"])
 
 
 def log_data_stages(plan: RunPlan) -> None:
@@ -271,13 +282,14 @@ def log_data_stages(plan: RunPlan) -> None:
     if tracking.stage_runs(plan.lake, plan.run_id or plan.version, "clean"):
         return  # a retried codes task: logged already
     clean = resolve_version(plan.lake, "clean", plan.version)
-    with _stage_run(plan, "clean"):
-        for domain, counts in read_success(clean).get("domains", {}).items():
+    meta = read_success(clean)
+    with _stage_run(plan, "clean", span=_span(meta)):
+        for domain, counts in meta.get("domains", {}).items():
             tracking.log_quality_report(clean, domain)
             tracking.log_metrics({f"{domain}.{k}": v for k, v in counts.items()})
     embeddings = resolve_version(plan.lake, "embeddings", plan.version)
     meta = read_success(embeddings)
-    with _stage_run(plan, "encode"):
+    with _stage_run(plan, "encode", span=_span(meta)):
         keys = ("items", "unique_texts", "encoded", "reused", "encode_seconds")
         tracking.log_metrics({k: meta[k] for k in keys if k in meta})
         tracking.log_params({"encoder": meta.get("encoder")})
