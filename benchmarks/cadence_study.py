@@ -204,14 +204,15 @@ def run(args: argparse.Namespace) -> None:
     results["settings"] = {"pretrain_epochs_cap": args.pretrain_epochs, "targets": args.targets,
                            "pretrain_domains": list(PRETRAIN), "cpus": os.cpu_count()}  # fmt: skip
     runs = results.setdefault("runs", {})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name in RUNS:
         if name in runs:  # finished: its figures again from its lake, where it still is
             if (WORK / name / "lake").exists():
                 runs[name] |= figures(WORK / name, runs[name]["date"])
+                RESULTS.write_text(json.dumps(results, indent=1) + "\n")
             continue
         print(f"{name} ...", flush=True)
         runs[name] = run_one(name, args)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {runs[name]['wall_s']:.0f} s", json.dumps(runs[name]["domains"]),
               flush=True)  # fmt: skip
