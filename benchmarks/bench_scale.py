@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="train with the sampled softmax over K items (0: full softmax)",
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if args.command == "run":
         for events in sorted(int(s) for s in args.sizes.split(",") if s):
             run_size(events, args.negatives)
