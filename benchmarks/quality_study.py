@@ -12,13 +12,17 @@ reference splits (``clean/reference``, ``embeddings/reference`` with all-MiniLM-
 cached as .npy under var/quality/ so a rerun never encodes again, and two codes versions:
 ``<t>-domain``, the target with its own strict quantizer, and ``<t>-shared``, the target
 coded by the frozen pre-training quantizer), pre-trains the backbone to early stopping on
-a fixed valid subsample (resumable checkpoints), then trains every row of :data:`ROWS`
-for every seed through the same code path as ``vqrec finetune`` (resumable too).
+a short transfer to the target (``vqrec pretrain --probe-domain <t>``: every epoch, three
+fine-tune epochs of a copy of the model on the target, scored on a fixed valid subsample;
+resumable checkpoints), then trains every row of :data:`ROWS` for every seed through the
+same code path as ``vqrec finetune`` (resumable too).
 
 Every finished row is appended to ``benchmarks/results/quality.jsonl`` (one JSON object:
-row, domain, seed, config, epochs, best_epoch, valid, test, wall_s, commit, curve);
-a row already there is skipped, so a stopped study resumes where it was. The backbone's
-curve goes to ``benchmarks/results/backbone-<target>.json``.
+row, domain, seed, config, backbone, epochs, best_epoch, valid, test, wall_s, commit,
+curve); a row already there is skipped, so a stopped study resumes where it was. The
+backbone's curve goes to ``benchmarks/results/backbone-<target>.json``. Rows recorded with
+a backbone stopped on pre-training's own valid (before 2026-12-05, third session) keep
+their records and show in the table as ``<row> (bb: valid)``.
 
     python benchmarks/quality_study.py run                 # everything (hours on 2 cores)
     python benchmarks/quality_study.py run --target Scientific --rows vq-transfer --seeds 1
@@ -67,11 +71,16 @@ ANCHORS = {
     },
 }
 
-# Pre-training: the settings of the backbone (changing them starts a new checkpoint).
+# Pre-training: the settings of the backbone (changing them starts a new checkpoint); the
+# target is its probe domain (pretrain() adds --probe-domain): patience counts probes.
 PRETRAIN_FLAGS = [
     "--batch-size", "2048", "--lr", "1e-3", "--targets", "all", "--valid-rows", "3000",
-    "--patience", "5", "--epochs", "300", "--seed", "2026",
+    "--patience", "5", "--epochs", "300", "--seed", "2026", "--probe-every", "1",
+    "--probe-epochs", "3",
 ]  # fmt: skip
+# The metric a backbone early-stopped on: the transfer probe's (since 2026-12-05, third
+# session); records whose backbone stopped on another are labelled apart in the table.
+BACKBONE_STOP = "probe/ndcg@10"
 
 TRANSDUCTIVE = '{"transductive": true}'
 # Row name -> (finetune flags, codes strategy of the target). Every row uses the pipeline's
@@ -250,6 +259,7 @@ def pretrain(target: str, cap_min: float) -> None:
             + ["--no-mlflow"]  # the study's record is quality.jsonl; no MLflow store to race on
             + ["--version", version, "--codes-version", f"{target.lower()}-domain"]
             + ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
+            + ["--probe-domain", target, "--embeddings-version", "reference"]
             + PRETRAIN_FLAGS
         )
         if rc:
@@ -262,14 +272,16 @@ def pretrain(target: str, cap_min: float) -> None:
         doc = {
             "version": version,
             "domains": list(SPLIT[target]),
-            "flags": PRETRAIN_FLAGS,
+            "flags": PRETRAIN_FLAGS + ["--probe-domain", target],
+            "early_stop": BACKBONE_STOP,
             "best_epoch": metrics["best_epoch"],
             "stopped_by": metrics["stopped_by"],
             "valid": metrics["valid"],
             "test": metrics["test"],
             "curve": [
-                {k: h[k] for k in ("epoch", "loss", "seconds")}
+                {k: h[k] for k in ("epoch", "loss", "seconds", "valid_seconds")}
                 | {"valid_ndcg@10": h["valid"].get("ndcg@10")}
+                | {"probe_ndcg@10": h["valid"].get(BACKBONE_STOP)}
                 for h in metrics["history"]
             ],
             "commit": _commit(),
@@ -278,11 +290,26 @@ def pretrain(target: str, cap_min: float) -> None:
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def _backbone_record(target: str) -> dict:
+    """What a transferred row's record says of its backbone: version, epoch kept, rule."""
+    folder = resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    stop = BACKBONE_STOP if BACKBONE_STOP in metrics["valid"] else "ndcg@10"
+    return {"version": folder.parent.name, "best_epoch": metrics["best_epoch"], "early_stop": stop}
+
+
+def label(record: dict) -> str:
+    """A record's row in the table: transferred rows on an older backbone apart."""
+    uses_backbone = "scratch" not in ROWS[record["row"]][0]
+    stop = (record.get("backbone") or {}).get("early_stop", "ndcg@10")
+    return (
+        f"{record['row']} (bb: valid)" if uses_backbone and stop != BACKBONE_STOP else record["row"]
+    )
+
+
 def finished() -> set[tuple[str, str, int]]:
-    if not RESULTS.exists():
-        return set()
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    return {(r["row"], r["domain"], r["seed"]) for r in rows}
+    """(row, target, seed) already recorded with the current backbone rule."""
+    return {(r["row"], r["domain"], r["seed"]) for r in _records() if label(r) == r["row"]}
 
 
 def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float) -> dict:
@@ -320,6 +347,7 @@ def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float
         "seed": seed,
         "config": {"flags": ROW_FLAGS + flags + extra, "codes": strategy}
         | {"train": config["train"], "model": config["model"]},
+        "backbone": None if "scratch" in flags else _backbone_record(target),
         "epochs": len(train_epochs),
         "best_epoch": metrics["best_epoch"],
         "stopped_by": metrics["stopped_by"],
@@ -386,24 +414,25 @@ def table() -> None:
     keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in _records():
-        groups.setdefault((r["domain"], r["row"]), []).append(r)
+        groups.setdefault((r["domain"], label(r)), []).append(r)
     for target in SPLIT:
         names = [row for (t, row) in groups if t == target]
         if not names:
             continue
         print(f"\n{target} (backbone: {' + '.join(SPLIT[target])}), test, mean ± std over seeds")
-        print(f"{'row':<24}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
-        for row in sorted(names, key=lambda n: list(ROWS).index(n)):
+        print(f"{'row':<34}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
+        order = list(ROWS)
+        for row in sorted(names, key=lambda n: (n != n.split()[0], order.index(n.split()[0]))):
             recs = groups[(target, row)]
             cells = ""
             for k in keys:
                 v = np.array([r["test"][k] for r in recs])
                 cells += f"{v.mean():9.4f} ±{v.std():.4f}" if len(v) > 1 else f"{v[0]:17.4f}"
             wall = np.mean([r["wall_s"] for r in recs])
-            print(f"{row:<24}{len(recs):>2} {cells}{wall:8.0f}")
+            print(f"{row:<34}{len(recs):>2} {cells}{wall:8.0f}")
         for name, anchor in ANCHORS.get(target, {}).items():
             cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
-            print(f"{name:<27}{cells}")
+            print(f"{name:<37}{cells}")
 
 
 # row -> its colour, the same in every panel
@@ -417,7 +446,7 @@ def plot(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in _records() if r["seed"] == SEEDS[0]]
+    records = [r for r in _records() if r["seed"] == SEEDS[0] and label(r) == r["row"]]
     targets = sorted({r["domain"] for r in records}, key=list(SPLIT).index)
     fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(6 * max(len(targets), 1), 4))
     axes = np.atleast_1d(axes)

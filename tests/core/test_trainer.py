@@ -215,9 +215,12 @@ def test_cli_smoke_pretrain_transfer_evaluate_beats_popularity(lake: Path, capsy
     assert main(["finetune", *common, *one, "--mode", "scratch"]) == 0
     assert resolve_version(lake, "models").name == "m1"
     assert main(["finetune", *common, *one, "--version", "m2"]) == 0  # backbone: CURRENT
-    assert load_domain_model(resolve_version(lake, "models", "m2") / "domains" / "Gamma")[1][
-        "backbone_version"
-    ] == "m1"
+    assert (
+        load_domain_model(resolve_version(lake, "models", "m2") / "domains" / "Gamma")[1][
+            "backbone_version"
+        ]
+        == "m1"
+    )
     assert [h["phase"] for h in saved["history"]][:2] == ["permutation", "permutation"]
     # Every run committed: no checkpoint, and no empty folder of one, is left behind.
     assert not (lake / "checkpoints").exists()
@@ -284,3 +287,45 @@ def test_sampled_softmax_fine_tuning_learns_and_is_the_full_softmax_at_k_n() -> 
     assert sampled.metrics["test"]["ndcg@10"] > 2 * pop["ndcg@10"]
     with pytest.raises(ValueError, match="negatives"):
         TrainConfig(negatives=-1)
+
+
+def test_transfer_probe_picks_the_backbone_and_leaves_pre_training_as_it_was() -> None:
+    """probe_domain: every probe_every-th epoch a short transfer to the probe domain is
+    scored; early stopping keeps the epoch of the best probe, while the pre-training itself
+    (losses, batches, dropout) is exactly the unprobed run's."""
+    torch.set_num_threads(1)
+    pre = merge_domains([topic_domain("P", 90, 120, 6, seed=6)])
+    probe = topic_domain("T", 80, 120, 6, seed=5)
+    probe.backbone_codes = probe.codes.copy()  # the probe coded by the pre-training quantizer
+    base = dict(epochs=4, batch_size=64, patience=10, progress=False, seed=3)
+    plain = pretrain(pre, TrainConfig(**base), ModelConfig(**TINY))
+    probed_cfg = TrainConfig(**base, probe_domain="T", probe_every=2, probe_epochs=1)
+    probed = pretrain(pre, probed_cfg, ModelConfig(**TINY), probe=probe)
+
+    losses = [h["loss"] for h in plain.metrics["history"]]
+    assert losses == [h["loss"] for h in probed.metrics["history"]]
+    scores = {h["epoch"]: h["valid"].get("probe/ndcg@10") for h in probed.metrics["history"]}
+    assert scores[1] is None and scores[3] is None  # probed every 2nd epoch only
+    assert scores[2] is not None and scores[4] is not None
+    best = max((2, 4), key=lambda e: scores[e])
+    assert probed.metrics["best_epoch"] == best
+    # The kept model is the pre-trained model of that epoch.
+    again = pretrain(pre, TrainConfig(**base | {"epochs": best}), ModelConfig(**TINY))
+    _same(again.model.state_dict(), probed.model.state_dict())
+
+
+def test_transfer_probe_refuses_a_missing_or_pre_training_domain() -> None:
+    pre = merge_domains([topic_domain("P", 90, 120, 6, seed=6)])
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, probe_domain="T")
+    with pytest.raises(ValueError, match="probe_domain 'T' needs that domain"):
+        pretrain(pre, cfg, ModelConfig(**TINY))
+    same = topic_domain("P", 90, 120, 6, seed=6)
+    with pytest.raises(ValueError, match="is one of the pre-training domains"):
+        pretrain(
+            pre,
+            TrainConfig(**{**cfg.__dict__, "probe_domain": "P"}),
+            ModelConfig(**TINY),
+            probe=same,
+        )
+    with pytest.raises(ValueError, match="probe_every"):
+        TrainConfig(probe_every=0)

@@ -87,6 +87,25 @@ class TrainConfig:
         default=0,
         metadata={"help": "fine-tune softmax over K sampled items a step (0: every item)"},
     )
+    # Pre-training only. What a backbone is for is transfer, and pre-training's own valid
+    # metric did not predict it on the shared data (docs/QUALITY.md: an epoch-7 backbone
+    # transferred better than the epoch-21 one that pre-training's valid preferred). With a
+    # probe domain (one outside pre-training), every probe_every-th epoch fine-tunes a copy of
+    # the model on it (a short transfer: probe_epochs with the fine-tune defaults) and early
+    # stopping, patience included, counts that transfer's best valid NDCG@10 (probe/ndcg@10).
+    probe_domain: str = field(
+        default="",
+        metadata={
+            "help": "pre-training: early-stop on a short transfer to this domain (outside "
+            "pre-training) instead of pre-training's own valid (empty: off)"
+        },
+    )
+    probe_every: int = field(
+        default=1, metadata={"help": "epochs between transfer probes (patience counts probes)"}
+    )
+    probe_epochs: int = field(
+        default=3, metadata={"help": "fine-tune epochs of one transfer probe"}
+    )
     amp: bool = field(
         default=False, metadata={"help": "bf16 autocast (not measured to help on CPU)"}
     )
@@ -110,7 +129,15 @@ class TrainConfig:
             raise ValueError(f"targets must be 'last' or 'all', not {self.targets!r}")
         if self.permutation not in PERMUTATIONS:
             raise ValueError(f"permutation must be one of {PERMUTATIONS}, not {self.permutation!r}")
-        for name in ("epochs", "batch_size", "patience", "max_len", "eval_batch_size"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "patience",
+            "max_len",
+            "eval_batch_size",
+            "probe_every",
+            "probe_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.negatives < 0:

@@ -76,6 +76,8 @@ from vqrec.core.train_config import (  # noqa: F401
 )
 
 EARLY_STOP_METRIC = "ndcg@10"
+# Pre-training's early-stopping metric when it has a probe domain (transfer_probe).
+PROBE_METRIC = "probe/" + EARLY_STOP_METRIC
 
 
 class StopRequested(RuntimeError):
@@ -226,6 +228,8 @@ class Loop:
 
     A run is a list of phases ("permutation", "train"); the checkpoint records the phase
     and epoch reached, the model, optimizer and RNG states, and the best model so far.
+    ``metric`` is the valid key early stopping follows; an epoch whose valid lacks it (a
+    pre-training epoch between transfer probes) neither improves nor spends patience.
     """
 
     def __init__(
@@ -235,8 +239,10 @@ class Loop:
         device: torch.device,
         checkpoint: Path | None,
         resume: bool,
+        metric: str = EARLY_STOP_METRIC,
     ):
         self.cfg = cfg
+        self.metric = metric
         self.model = model
         self.device = device
         self.checkpoint = checkpoint
@@ -356,7 +362,7 @@ class Loop:
     def record(self, entry: dict[str, Any], log: bool = True) -> bool:
         """Append an epoch's entry; update the best model; True when patience ran out."""
         self.history.append(entry)
-        score = entry.get("valid", {}).get(EARLY_STOP_METRIC)
+        score = entry.get("valid", {}).get(self.metric)
         improved = score is not None and score > self.best["score"]
         if improved:
             self.best = {"score": score, "epoch": entry["epoch"], "valid": entry["valid"]}
@@ -368,7 +374,7 @@ class Loop:
             valid = format_metrics(entry["valid"]) if entry.get("valid") else ""
             if len(self.history) == 1:
                 print(
-                    f"(one line per epoch; * = best valid {EARLY_STOP_METRIC} so far, the model "
+                    f"(one line per epoch; * = best valid {self.metric} so far, the model "
                     f"kept; stops after {self.cfg.patience} epochs without one)",
                     file=sys.stderr,
                 )
@@ -510,8 +516,20 @@ def pretrain(
     model_cfg: ModelConfig | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    probe: DomainData | None = None,
 ) -> TrainResult:
-    """Pre-train a VQ-Rec model on the merged domains; early-stop on mean valid NDCG@10."""
+    """Pre-train a VQ-Rec model on the merged domains; early-stop on mean valid NDCG@10, or,
+    with ``probe`` (the domain ``cfg.probe_domain`` names, its ``backbone_codes`` set), on
+    a short transfer to it every ``cfg.probe_every`` epochs (:func:`transfer_probe`)."""
+    if bool(cfg.probe_domain) != (probe is not None) or (
+        probe is not None and probe.name != cfg.probe_domain
+    ):
+        raise ValueError(
+            f"probe_domain {cfg.probe_domain!r} needs that domain's data as probe "
+            f"(got {probe.name if probe is not None else None!r})"
+        )
+    if probe is not None and probe.name in data.names:
+        raise ValueError(f"the probe domain {probe.name!r} is one of the pre-training domains")
     device = pick_device(cfg.device)
     init_distributed(device)
     rank, world = _world()
@@ -524,7 +542,9 @@ def pretrain(
     model.set_catalogue(codes=torch.from_numpy(data.codes))
     model.to(device)
     codes = torch.from_numpy(data.codes).to(device)
-    loop = Loop(cfg, model, device, checkpoint, resume)
+    loop = Loop(
+        cfg, model, device, checkpoint, resume, PROBE_METRIC if probe else EARLY_STOP_METRIC
+    )
     objective: nn.Module = PretrainObjective(model, model_cfg.temperature)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
@@ -545,6 +565,11 @@ def pretrain(
         metrics, seconds = ({}, 0.0)
         if rank == 0:
             metrics, seconds = _timed(_pretrain_valid, model, data, valid, cfg, device)
+            epoch = len(loop.history) + 1
+            if probe is not None and epoch % cfg.probe_every == 0:
+                found, probe_seconds = _timed(transfer_probe, model, probe, cfg)
+                metrics |= {f"probe/{k}": v for k, v in found.items()}
+                seconds += probe_seconds
         if world > 1:  # rank 0 evaluates; everyone follows its early-stopping decision
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
@@ -568,6 +593,40 @@ def pretrain(
         }
         test = with_domain_mean(per_domain)
     return _result(loop, model, cfg, test)
+
+
+def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[str, float]:
+    """The best valid metrics of a short transfer of ``model`` (as it stands) to ``probe``.
+
+    Fine-tunes a new model built from ``model``'s weights (``model`` is not touched) for
+    ``cfg.probe_epochs`` epochs with the fine-tune defaults (matched alignment, lr 3e-3,
+    chains), on ``cfg.valid_rows`` valid rows of the probe domain, with pre-training's seed,
+    so every probe of a run sees the same batches. The global RNG states are restored after
+    it: a probed run pre-trains exactly as an unprobed one, only its stopping rule differs.
+    Not in the paper (which pre-trains for a fixed budget); see TrainConfig.probe_domain.
+    """
+    probe_cfg = finetune_config(
+        epochs=cfg.probe_epochs,
+        patience=cfg.probe_epochs,
+        valid_rows=cfg.valid_rows,
+        seed=cfg.seed,
+        device=cfg.device,
+        max_len=cfg.max_len,
+        eval_batch_size=cfg.eval_batch_size,
+        progress=False,
+    )
+    states = (torch.get_rng_state(), np.random.get_state())
+    cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    training = model.training
+    try:
+        result = finetune(probe, probe_cfg, backbone=model, test=False)
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
+        model.train(training)
+    return result.metrics["valid"]
 
 
 # ---------------------------------------------------------------------- fine-tuning
@@ -632,8 +691,10 @@ def finetune(
     backbone: VQRec | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    test: bool = True,
 ) -> TrainResult:
-    """Fine-tune (transfer / full) or train from scratch on one domain; test on the best epoch."""
+    """Fine-tune (transfer / full) or train from scratch on one domain; test on the best epoch
+    (``test=False``: no test pass, an empty test dict; the transfer probe)."""
     if cfg.mode == "pretrain":
         raise ValueError("finetune() runs transfer/full/scratch; use pretrain() for pretrain")
     device = pick_device(cfg.device)
@@ -671,8 +732,8 @@ def finetune(
 
     loop.fit(train, objective, optimizer, params, validate, cfg.mode)
     model.unfreeze_all()
-    test = _eval_valid(model, data.splits["test"], cfg, device)
-    return _result(loop, model, cfg, test)
+    tested = _eval_valid(model, data.splits["test"], cfg, device) if test else {}
+    return _result(loop, model, cfg, tested)
 
 
 def _learn_permutation(

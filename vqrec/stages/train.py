@@ -84,15 +84,24 @@ def backbone_codes(lake: Path, backbone_dir: Path, data: DomainData) -> np.ndarr
     The backbone's config names, per pre-training domain, the codes version and quantizer
     it was trained on; ``data.text`` holds the domain's embeddings (row 0 padding).
     """
+    info = json.loads((backbone_dir / "backbone" / "config.json").read_text())
+    return codes_under(lake, info["data"], data, where=str(backbone_dir))
+
+
+def codes_under(
+    lake: Path, sources: dict[str, dict[str, str]], data: DomainData, where: str
+) -> np.ndarray:
+    """``data``'s items coded by the one quantizer that coded every pre-training domain
+    (``sources``: their DomainData.source), row 0 the padding: what the matched alignment
+    compares the domain's own codes with."""
     import numpy as np
 
     from vqrec.stages.codes import code_new_items
 
-    info = json.loads((backbone_dir / "backbone" / "config.json").read_text())
-    used = {(s["codes"], s.get("quantizer")) for s in info["data"].values()}
+    used = {(s["codes"], s.get("quantizer")) for s in sources.values()}
     if len(used) != 1 or None in next(iter(used)):
         raise ValueError(
-            f"{backbone_dir}: the backbone's domains do not name one codes version and "
+            f"{where}: the pre-training domains do not name one codes version and "
             f"quantizer ({sorted(map(str, used))}): cannot align codes by matching"
         )
     version, quantizer = used.pop()
@@ -110,13 +119,16 @@ def pretrain_to_lake(
     clean_version: str | None = None,
     codes_version: str | None = None,
     resume: bool = False,
+    embeddings_version: str | None = None,
 ) -> TrainResult | None:
     """Pre-train on ``domains`` and commit ``models/<version>/backbone``.
 
     Checkpoints every epoch under ``<lake>/checkpoints/<version>/backbone`` (removed once
     committed): with ``resume`` a retried run continues from its last finished epoch.
     Domains already committed in the version are kept. Under DDP only rank 0 writes; the
-    other ranks return None.
+    other ranks return None. ``cfg.probe_domain``: that domain is read from the same
+    versions (its own codes, and its texts coded by the pre-training quantizer for the
+    matched alignment) and early stopping follows a short transfer to it.
     """
     from vqrec.core.sequences import merge_domains
     from vqrec.core.trainer import pretrain, world_rank
@@ -127,8 +139,16 @@ def pretrain_to_lake(
     model_cfg.code_cap = _code_cap(lake, codes_version) or model_cfg.code_cap
     loaded = [load_domain(lake, d, clean_version, codes_version) for d in domains]
     data = merge_domains(loaded)
+    probe = None
+    if cfg.probe_domain:
+        probe_name = validate_name(cfg.probe_domain, "domain")
+        probe = load_domain(
+            lake, probe_name, clean_version, codes_version, embeddings_version, need_text=True
+        )
+        sources = {d.name: d.source for d in loaded}
+        probe.backbone_codes = codes_under(lake, sources, probe, where=f"pretrain {version}")
     checkpoint = _checkpoint_path(lake, version, "backbone")
-    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume)
+    result = pretrain(data, cfg, model_cfg, checkpoint, resume=resume, probe=probe)
     if world_rank() != 0:
         return None
     info = {"domains": list(domains), "offsets": data.offsets}
@@ -359,9 +379,18 @@ def _cli_error(command: str, err: Exception) -> int:
 def main_pretrain(argv: list[str] | None = None) -> int:
     """`vqrec pretrain`: pre-train the backbone on several domains -> models/<V>/backbone/."""
     parser = argparse.ArgumentParser(prog="vqrec pretrain", description=main_pretrain.__doc__)
-    names = _add_train_flags(parser, TrainConfig(), ("rho", "valid_rows"))
+    names = _add_train_flags(
+        parser,
+        TrainConfig(),
+        ("rho", "valid_rows", "probe_domain", "probe_every", "probe_epochs"),
+    )
     parser.add_argument(
         "--domains", required=True, help="comma-separated pre-training domains (required)"
+    )
+    parser.add_argument(
+        "--embeddings-version",
+        default=None,
+        help="embeddings version of the probe domain (--probe-domain) (default: CURRENT)",
     )
     args = parser.parse_args(argv)
     try:
@@ -381,6 +410,7 @@ def main_pretrain(argv: list[str] | None = None) -> int:
                 args.clean_version,
                 args.codes_version,
                 args.resume,
+                args.embeddings_version,
             )
             if tracking is not None and result is not None:
                 backbone = resolve_version(lake, "models", version) / "backbone"
