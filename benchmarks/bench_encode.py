@@ -1,7 +1,7 @@
 """Encode throughput: the Spark encode job vs raw SentenceTransformer.encode, same texts.
 
     .venv/bin/python benchmarks/bench_encode.py [--domain Scientific] [--limit 1000 | --full]
-        [--master local[2]] [--batch-size 256] [--arrow-batch 2048] [--partitions N]
+        [--master local[2]] [--batch-size 32] [--arrow-batch 2048] [--partitions N]
 
 Reads the real item texts of a domain in place (../shared/data/<D>/reference/<D>.text),
 writes them as a clean version into a temporary lake and measures, in one process:
@@ -16,13 +16,15 @@ writes them as a clean version into a temporary lake and measures, in one proces
 * the cached rerun of the job (nothing encoded).
 
 The goal is spark/raw >= 0.9 on the 2-core machine. The machine is shared: the 1-minute
-load average is printed next to each measurement.
+load average is printed next to each measurement. A --full run appends its figures to
+benchmarks/results/encode.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -38,11 +40,17 @@ ROOT = Path(__file__).resolve().parents[1]
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from vqrec.core.encoder import encode_texts, load_encoder, resolve_model  # noqa: E402
+from vqrec.core.encoder import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    encode_texts,
+    load_encoder,
+    resolve_model,
+)
 from vqrec.lake.store import staged_version  # noqa: E402
 from vqrec.spark.common import spark_session  # noqa: E402
 from vqrec.spark.encode import EncodeConfig, _encode_partition, run_encode  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results" / "encode.jsonl"  # one line per --full run
 SHARED_DATA = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=1000, help="texts (smoke size)")
     parser.add_argument("--full", action="store_true", help="all texts (also VQREC_FULL=1)")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--arrow-batch", type=int, default=2048)
     parser.add_argument("--partitions", type=int)
     parser.add_argument("--model", help="sentence-transformers folder or name")
@@ -164,6 +172,23 @@ def main(argv: list[str] | None = None) -> int:
         raw1_ips = n_unique / raw_1
         print(f"raw encode, 1 thread    {raw_1:6.1f} s  {raw1_ips:7.1f} items/s  ({load()})")
 
+    if args.full or os.environ.get("VQREC_FULL") == "1":  # a real measurement: keep it
+        record = {
+            "domain": args.domain,
+            "texts": n_unique,
+            "master": args.master,
+            "batch_size": args.batch_size,
+            "spark_job_s": round(job_s, 1),
+            "spark_encode_s": round(first["encode_seconds"], 1),
+            "raw_s": {str(cores): round(raw_n, 1), "1": round(raw_1, 1)},
+            "ratio_job": round(spark_ips / raw_ips, 3),
+            "ratio_encode": round(encode_ips / raw_ips, 3),
+            "load_1min": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
     print(f"ratio spark job / raw ({cores} threads)      {spark_ips / raw_ips:5.2f}  (goal >= 0.9)")
     print(f"ratio spark encode / raw ({cores} threads)   {encode_ips / raw_ips:5.2f}")
     print(f"ratio spark job / ({cores} x raw 1 thread)   {spark_ips / (cores * raw1_ips):5.2f}")

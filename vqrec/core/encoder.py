@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_BATCH_SIZE = 256
+# Texts per forward pass. On CPU smaller batches are faster: all-MiniLM-L6-v2 over
+# Scientific's 4,369 texts in 4 chunks, one thread: 61 texts/s at 256, 71 at 128, 81 at 64,
+# 88 at 32, 91 at 16 (less padding per batch, activations that stay in cache). A GPU
+# executor wants larger batches: pass --batch-size.
+DEFAULT_BATCH_SIZE = 32
 
 # One model per (model, device) per process: Spark Python workers are reused across tasks
 # (spark.python.worker.reuse), so each worker pays torch import + model load only once.

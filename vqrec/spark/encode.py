@@ -13,7 +13,7 @@ call with one torch thread. Texts are cached by ``(encoder_key, text_hash)`` und
 something, so a nightly run encodes only texts it has never seen.
 
     vqrec encode --lake LAKE --version V [--clean-version CV] [--domains A,B]
-                 [--model PATH_OR_NAME] [--batch-size 256] [--master local[2]]
+                 [--model PATH_OR_NAME] [--batch-size 32] [--master local[2]]
 """
 
 from __future__ import annotations
