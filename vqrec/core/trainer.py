@@ -230,6 +230,7 @@ class Loop:
     and epoch reached, the model, optimizer and RNG states, and the best model so far.
     ``metric`` is the valid key early stopping follows; an epoch whose valid lacks it (a
     pre-training epoch between transfer probes) neither improves nor spends patience.
+    ``name`` prefixes its epoch lines (a run inside another: the transfer probe).
     """
 
     def __init__(
@@ -240,9 +241,11 @@ class Loop:
         checkpoint: Path | None,
         resume: bool,
         metric: str = EARLY_STOP_METRIC,
+        name: str = "",
     ):
         self.cfg = cfg
         self.metric = metric
+        self.name = name  # prefixes the epoch lines of a nested run (the transfer probe)
         self.model = model
         self.device = device
         self.checkpoint = checkpoint
@@ -372,14 +375,17 @@ class Loop:
             self.bad_epochs += 1
         if log and self.rank == 0:
             valid = format_metrics(entry["valid"]) if entry.get("valid") else ""
-            if len(self.history) == 1:
+            if score is not None and self.metric != EARLY_STOP_METRIC:
+                valid += f"  {self.metric} {score:.4f}"
+            if len(self.history) == 1 and not self.name:
                 print(
                     f"(one line per epoch; * = best valid {self.metric} so far, the model "
                     f"kept; stops after {self.cfg.patience} epochs without one)",
                     file=sys.stderr,
                 )
             print(
-                f"[{entry['phase']} {entry['epoch']}] loss {entry['loss']:.4f} "
+                f"[{self.name + ' ' if self.name else ''}{entry['phase']} {entry['epoch']}] "
+                f"loss {entry['loss']:.4f} "
                 f"{entry['seq_per_s']:.0f} seq/s  valid {valid}{'  *' if improved else ''}",
                 file=sys.stderr,
                 flush=True,
@@ -619,7 +625,7 @@ def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[st
     cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
     training = model.training
     try:
-        result = finetune(probe, probe_cfg, backbone=model, test=False)
+        result = finetune(probe, probe_cfg, backbone=model, test=False, name=f"probe {probe.name}")
     finally:
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
@@ -692,15 +698,17 @@ def finetune(
     checkpoint: Path | None = None,
     resume: bool = False,
     test: bool = True,
+    name: str = "",
 ) -> TrainResult:
     """Fine-tune (transfer / full) or train from scratch on one domain; test on the best epoch
-    (``test=False``: no test pass, an empty test dict; the transfer probe)."""
+    (``test=False``: no test pass, an empty test dict; ``name`` prefixes its epoch lines: both
+    for the transfer probe)."""
     if cfg.mode == "pretrain":
         raise ValueError("finetune() runs transfer/full/scratch; use pretrain() for pretrain")
     device = pick_device(cfg.device)
     _seed_everything(cfg.seed)
     model = build_domain_model(data, cfg, model_cfg or ModelConfig(), backbone).to(device)
-    loop = Loop(cfg, model, device, checkpoint, resume)
+    loop = Loop(cfg, model, device, checkpoint, resume, name=name)
     train = training_rows(data, cfg)
     valid = _subsample(data.splits["valid"], cfg.valid_rows, cfg.seed)
     objective: nn.Module = FinetuneObjective(model, model.config.temperature, cfg.negatives)
