@@ -406,6 +406,7 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
             clean_version=p.version,
             codes_version=p.version,
             resume=True,
+            embeddings_version=p.version,  # hyper.pretrain.probe_domain's texts (matched)
         )
         out = resolve_version(p.lake, "models", p.version) / "backbone"
         tracking.log_model_dir(out)
