@@ -83,6 +83,13 @@ PRETRAIN_FLAGS = [
 BACKBONE_STOP = "probe/ndcg@10"
 
 TRANSDUCTIVE = '{"transductive": true}'
+
+
+def dropout(p: float) -> list[str]:
+    """Fine-tune flags: hidden and attention dropout ``p``."""
+    return ["--model-config", json.dumps({"dropout": p, "attn_dropout": p})]
+
+
 # Row name -> (finetune flags, codes strategy of the target). Every row uses the pipeline's
 # fine-tune defaults except what its flags say.
 # Rows trained from scratch keep lr 1e-3 (RecBole's SASRec default; the pipeline's 3e-3 was
@@ -103,6 +110,10 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "vq-transfer-shared": (["--mode", "transfer", "--permutation", "identity"], "shared"),
     "vq-transfer-lr1e-3": (["--mode", "transfer", "--lr", "1e-3"], "domain"),
     "vq-transfer-prefix-rows": (["--mode", "transfer", "--targets", "last"], "domain"),
+    # fine-tuning's dropout (hidden and attention; the backbone keeps its weights, the
+    # fine-tune its own regularisation: vqrec.core.trainer.FINETUNE_MODEL_FIELDS)
+    "vq-transfer-dropout0.3": (["--mode", "transfer", *dropout(0.3)], "domain"),
+    "vq-transfer-dropout0.2": (["--mode", "transfer", *dropout(0.2)], "domain"),
     # what the sampled softmax for large catalogues (--negatives) costs in quality
     "vq-scratch-k1024": ([*SCRATCH, "--negatives", "1024"], "domain"),
 }  # fmt: skip

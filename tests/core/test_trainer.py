@@ -329,3 +329,25 @@ def test_transfer_probe_refuses_a_missing_or_pre_training_domain() -> None:
         )
     with pytest.raises(ValueError, match="probe_every"):
         TrainConfig(probe_every=0)
+
+
+def test_fine_tuning_chooses_its_own_regularisation_on_the_backbone_s_shape() -> None:
+    """transfer / full: the shape is the backbone's; dropout, attention dropout, temperature
+    and ID rows are the fine-tune's model config (chosen on the domain's valid)."""
+    from vqrec.core.trainer import build_domain_model
+
+    torch.set_num_threads(1)
+    pre = pretrain(
+        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
+        TrainConfig(epochs=1, batch_size=64, progress=False),
+        ModelConfig(**TINY),
+    )
+    data = topic_domain("T", 80, 120, 6, seed=5)
+    chosen = ModelConfig(**TINY | {"dropout": 0.2, "attn_dropout": 0.3, "temperature": 0.1,
+                                   "hidden": 64, "inner": 64})  # fmt: skip
+    cfg = TrainConfig(mode="transfer", permutation="identity", progress=False)
+    model = build_domain_model(data, cfg, chosen, pre.model)
+    assert (model.config.dropout, model.config.attn_dropout) == (0.2, 0.3)
+    assert model.config.temperature == 0.1
+    assert (model.config.hidden, model.config.inner) == (32, 32)  # the backbone's shape
+    assert model.input_dropout.p == 0.2

@@ -667,6 +667,11 @@ def _matched_permutation(model: VQRec, data: DomainData) -> torch.LongTensor:
         )
 
 
+# ModelConfig fields a transfer / full fine-tune takes from its own config, not the backbone's
+# (none of them changes a tensor's shape).
+FINETUNE_MODEL_FIELDS = ("dropout", "attn_dropout", "temperature", "transductive")
+
+
 def build_domain_model(
     data: DomainData, cfg: TrainConfig, model_cfg: ModelConfig, backbone: VQRec | None
 ) -> VQRec:
@@ -674,8 +679,10 @@ def build_domain_model(
     if cfg.mode in ("transfer", "full"):
         if backbone is None:
             raise ValueError(f"mode {cfg.mode!r} needs a pre-trained backbone")
-        # The backbone's shape; the domain's own item table decides only whether it has ID rows.
-        model_cfg = dataclasses.replace(backbone.config, transductive=model_cfg.transductive)
+        # The backbone's shape; what fine-tuning decides (regularisation, the softmax's
+        # temperature, ID rows or not) comes from ``model_cfg``: chosen on the domain's valid.
+        chosen = {name: getattr(model_cfg, name) for name in FINETUNE_MODEL_FIELDS}
+        model_cfg = dataclasses.replace(backbone.config, **chosen)
     if cfg.mode == "scratch" and model_cfg.item_encoder == "vq" and data.codes is not None:
         model_cfg = dataclasses.replace(model_cfg, code_dim=int(data.codes.shape[1]))
     model = VQRec(model_cfg)
