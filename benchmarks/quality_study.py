@@ -85,9 +85,14 @@ BACKBONE_STOP = "probe/ndcg@10"
 TRANSDUCTIVE = '{"transductive": true}'
 
 
+def model_config(**fields: float) -> list[str]:
+    """Fine-tune flags: these ModelConfig fields (vqrec.core.trainer.FINETUNE_MODEL_FIELDS)."""
+    return ["--model-config", json.dumps(fields)]
+
+
 def dropout(p: float) -> list[str]:
     """Fine-tune flags: hidden and attention dropout ``p``."""
-    return ["--model-config", json.dumps({"dropout": p, "attn_dropout": p})]
+    return model_config(dropout=p, attn_dropout=p)
 
 
 # Row name -> (finetune flags, codes strategy of the target). Every row uses the pipeline's
@@ -114,6 +119,9 @@ ROWS: dict[str, tuple[list[str], str]] = {
     # fine-tune its own regularisation: vqrec.core.trainer.FINETUNE_MODEL_FIELDS)
     "vq-transfer-dropout0.3": (["--mode", "transfer", *dropout(0.3)], "domain"),
     "vq-transfer-dropout0.2": (["--mode", "transfer", *dropout(0.2)], "domain"),
+    "vq-transfer-t0.05": (["--mode", "transfer", *model_config(temperature=0.05)], "domain"),
+    "vq-transfer-t0.1": (["--mode", "transfer", *model_config(temperature=0.1)], "domain"),
+    "vq-transfer-lr1e-2": (["--mode", "transfer", "--lr", "1e-2"], "domain"),
     # what the sampled softmax for large catalogues (--negatives) costs in quality
     "vq-scratch-k1024": ([*SCRATCH, "--negatives", "1024"], "domain"),
 }  # fmt: skip
