@@ -319,7 +319,9 @@ def _backbone_record(target: str) -> dict:
 
 def label(record: dict) -> str:
     """A record's row in the table: transferred rows on an older backbone apart."""
-    uses_backbone = "scratch" not in ROWS[record["row"]][0]
+    # a row this version does not know (added by a newer one): its record's own flags
+    flags = ROWS[record["row"]][0] if record["row"] in ROWS else record["config"]["flags"]
+    uses_backbone = "scratch" not in flags
     stop = (record.get("backbone") or {}).get("early_stop", "ndcg@10")
     return (
         f"{record['row']} (bb: valid)" if uses_backbone and stop != BACKBONE_STOP else record["row"]
