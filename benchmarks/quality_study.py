@@ -389,9 +389,11 @@ def plan(targets: list[str], rows: list[str], seeds: int) -> list[tuple[str, str
         main = MAIN_ROWS if target == "Scientific" else SECOND_TARGET_ROWS
         names = rows or list(main) + (list(ABLATIONS) if target == "Scientific" else [])
         for name in names:
-            # 3 seeds for Scientific's main rows; one for ablations and the second target
-            # (2 CPU cores: Beauty's rows cost ~3x Scientific's).
-            n = seeds if name in MAIN_ROWS and target == "Scientific" else 1
+            # By default 3 seeds for Scientific's main rows; one for ablations and the second
+            # target (2 CPU cores: Beauty's rows cost ~3x Scientific's). Rows named by --rows
+            # get --seeds (an ablation that may decide a default).
+            main = name in MAIN_ROWS and target == "Scientific"
+            n = seeds if main or rows else 1
             jobs += [(name, target, s) for s in SEEDS[:n]]
     if rows:  # the order asked for
         return jobs
@@ -494,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["prepare", "pretrain", "run", "table", "plot"])
     parser.add_argument("--target", default="all", choices=["all", *SPLIT])
     parser.add_argument("--rows", default="", help="comma-separated row names (default: plan)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main rows")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds of the main rows (of every row named by --rows)"
+    )
     parser.add_argument("--extra", default="", help="JSON list of extra finetune flags")
     parser.add_argument("--safety-cap-min", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "time_to_quality.png")
