@@ -392,8 +392,8 @@ def plan(targets: list[str], rows: list[str], seeds: int) -> list[tuple[str, str
             # By default 3 seeds for Scientific's main rows; one for ablations and the second
             # target (2 CPU cores: Beauty's rows cost ~3x Scientific's). Rows named by --rows
             # get --seeds (an ablation that may decide a default).
-            main = name in MAIN_ROWS and target == "Scientific"
-            n = seeds if main or rows else 1
+            is_main = name in MAIN_ROWS and target == "Scientific"
+            n = seeds if is_main or rows else 1
             jobs += [(name, target, s) for s in SEEDS[:n]]
     if rows:  # the order asked for
         return jobs
