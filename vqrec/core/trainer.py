@@ -605,8 +605,9 @@ def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[st
     """The best valid metrics of a short transfer of ``model`` (as it stands) to ``probe``.
 
     Fine-tunes a new model built from ``model``'s weights (``model`` is not touched) for
-    ``cfg.probe_epochs`` epochs with the fine-tune defaults (matched alignment, lr 3e-3,
-    chains), on ``cfg.valid_rows`` valid rows of the probe domain, with pre-training's seed,
+    ``cfg.probe_epochs`` epochs with the fine-tune defaults (FINETUNE_DEFAULTS: matched
+    alignment, chains, their lr), on ``cfg.valid_rows`` valid rows of the probe domain, with
+    pre-training's seed,
     so every probe of a run sees the same batches. The global RNG states are restored after
     it: a probed run pre-trains exactly as an unprobed one, only its stopping rule differs.
     Not in the paper (which pre-trains for a fixed budget); see TrainConfig.probe_domain.
