@@ -105,7 +105,7 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "text": ([*SCRATCH, "--item-encoder", "text"], "domain"),
     "vq-scratch": (SCRATCH, "domain"),
     "vq-transfer": (["--mode", "transfer"], "domain"),
-    "vq-full": (["--mode", "full"], "domain"),
+    "vq-full": (["--mode", "full", "--lr", "3e-3"], "domain"),
     "vq-transductive": (["--mode", "transfer", "--model-config", TRANSDUCTIVE], "domain"),
     # ablations of the alignment (one seed unless they decide a default)
     "vq-transfer-learned": (["--mode", "transfer", "--permutation", "learned"], "domain"),
@@ -321,14 +321,20 @@ def _backbone_record(target: str) -> dict:
 
 
 def label(record: dict) -> str:
-    """A record's row in the table: transferred rows on an older backbone apart."""
+    """A record's row in the table: rows trained on an older backbone, or at a fine-tune lr
+    that was the default then and is not now, apart (their records stay as they are)."""
+    from vqrec.core.train_config import FINETUNE_DEFAULTS
+
     # a row this version does not know (added by a newer one): its record's own flags
     flags = ROWS[record["row"]][0] if record["row"] in ROWS else record["config"]["flags"]
-    uses_backbone = "scratch" not in flags
+    notes = []
     stop = (record.get("backbone") or {}).get("early_stop", "ndcg@10")
-    return (
-        f"{record['row']} (bb: valid)" if uses_backbone and stop != BACKBONE_STOP else record["row"]
-    )
+    if "scratch" not in flags and stop != BACKBONE_STOP:
+        notes.append("bb: valid")
+    lr = record["config"]["train"]["lr"]
+    if "--lr" not in flags and lr != FINETUNE_DEFAULTS["lr"]:
+        notes.append(f"lr {lr:g}")
+    return f"{record['row']} ({', '.join(notes)})" if notes else record["row"]
 
 
 def finished() -> set[tuple[str, str, int]]:
@@ -446,19 +452,19 @@ def table() -> None:
         if not names:
             continue
         print(f"\n{target} (backbone: {' + '.join(SPLIT[target])}), test, mean ± std over seeds")
-        print(f"{'row':<34}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
+        print(f"{'row':<44}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
         order = list(ROWS)
-        for row in sorted(names, key=lambda n: (n != n.split()[0], order.index(n.split()[0]))):
+        for row in sorted(names, key=lambda n: (n != n.split()[0], order.index(n.split()[0]), n)):
             recs = groups[(target, row)]
             cells = ""
             for k in keys:
                 v = np.array([r["test"][k] for r in recs])
                 cells += f"{v.mean():9.4f} ±{v.std():.4f}" if len(v) > 1 else f"{v[0]:17.4f}"
             wall = np.mean([r["wall_s"] for r in recs])
-            print(f"{row:<34}{len(recs):>2} {cells}{wall:8.0f}")
+            print(f"{row:<44}{len(recs):>2} {cells}{wall:8.0f}")
         for name, anchor in ANCHORS.get(target, {}).items():
             cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
-            print(f"{name:<37}{cells}")
+            print(f"{name:<47}{cells}")
 
 
 # row -> its colour, the same in every panel

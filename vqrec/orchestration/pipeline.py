@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 CADENCES = ("incremental", "refresh")
 # Caps of an incremental fine-tune: at most these (hyper.finetune's value when smaller);
 # hyper.incremental may change them or set any other TrainConfig field for incremental runs.
-INCREMENTAL_CAPS: dict[str, Any] = {"epochs": 10, "patience": 3}
+# A warm start continues a trained table: small steps (the day-2 study ran at lr 3e-3).
+INCREMENTAL_CAPS: dict[str, Any] = {"epochs": 10, "patience": 3, "lr": 3e-3}
 
 # The drift report of an incremental run recommends a refresh when, for any target domain,
 # the share of its items its frozen quantizer never saw, or its share of items with a code
