@@ -478,7 +478,15 @@ def plot(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in _records() if r["seed"] == SEEDS[0] and label(r) == r["row"]]
+    # Per (target, row): the current record, else the latest older one (its label says how).
+    chosen: dict[tuple[str, str], dict] = {}
+    for r in _records():
+        if r["seed"] != SEEDS[0] or r["row"] not in PLOTTED_ROWS:
+            continue
+        key = (r["domain"], r["row"])
+        if key not in chosen or label(r) == r["row"] or label(chosen[key]) != r["row"]:
+            chosen[key] = r
+    records = list(chosen.values())
     targets = sorted({r["domain"] for r in records}, key=list(SPLIT).index)
     fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(6 * max(len(targets), 1), 4))
     axes = np.atleast_1d(axes)
@@ -488,7 +496,7 @@ def plot(path: Path) -> None:
                 continue
             xs = [p["wall_s"] for p in r["curve"]]
             ys = [p["valid_ndcg@10"] for p in r["curve"]]
-            ax.plot(xs, ys, marker=".", label=r["row"], color=PLOTTED_ROWS[r["row"]])
+            ax.plot(xs, ys, marker=".", label=label(r), color=PLOTTED_ROWS[r["row"]])
         ax.set_title(f"{target}: valid NDCG@10 vs wall-clock (seed {SEEDS[0]})")
         ax.set_xlabel("seconds of training + validation (1 CPU thread)")
         ax.set_ylabel("valid NDCG@10")
