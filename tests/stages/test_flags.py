@@ -123,7 +123,7 @@ def _help(capsys: pytest.CaptureFixture, command: str) -> str:
 def test_help_shows_each_commands_defaults(capsys) -> None:
     text = _help(capsys, "finetune")
     for shown in (
-        "Adam learning rate (default: 0.1)",  # FINETUNE_DEFAULTS
+        "Adam learning rate (default: by --mode, transfer 0.1, full 0.003, scratch 0.001)",
         "(default: all)",
         "--permutation {matched,learned,identity,random}",
         "(default: matched)",

@@ -25,8 +25,7 @@ class TrainConfig:
         default="pretrain",
         metadata={
             "help": "transfer: the backbone frozen, the domain's code table trained; full: "
-            "nothing frozen (pass a smaller --lr, e.g. 3e-3); scratch: random init (e.g. "
-            "--lr 1e-3); pretrain: vqrec pretrain's",
+            "nothing frozen; scratch: random init; pretrain: vqrec pretrain's",
             "choices": MODES,
         },
     )
@@ -151,12 +150,19 @@ class TrainConfig:
 # split (docs/QUALITY.md): lr 1e-1 for the transfer, which trains only the lookup table
 # behind a LayerNorm (valid N@10, 3 seeds each: 0.0689 at the official README's 3e-3, 0.0708
 # at 3e-2, 0.0716 at 1e-1; 0.0735 at 3e-1 on one seed, not confirmed: the search stopped
-# there, valid still rising; `--mode full` and `scratch` train the Transformer too and want
-# ~1e-3 to 3e-3: pass --lr), a target at every position of each user's chain (the same
-# targets as the prefix rows, ~8x fewer rows an epoch), and the matched alignment (no epochs).
+# there, valid still rising; `--mode full` and `scratch` get FINETUNE_LR's), a target at
+# every position of each user's chain (the same targets as the prefix rows, ~8x fewer rows
+# an epoch), and the matched alignment (no epochs).
 FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-1, "targets": "all", "permutation": "matched"}
+# The lr of a fine-tune that names none, by mode: 1e-1 suits the lookup table alone; a mode
+# that trains the Transformer too would be wrecked by it (3e-3: the official README's
+# fine-tune lr; 1e-3: RecBole's SASRec default, what the study's scratch rows use).
+FINETUNE_LR: dict[str, float] = {"transfer": FINETUNE_DEFAULTS["lr"], "full": 3e-3, "scratch": 1e-3}
 
 
 def finetune_config(**overrides: Any) -> TrainConfig:
-    """A fine-tuning TrainConfig: :data:`FINETUNE_DEFAULTS`, then ``overrides``."""
-    return TrainConfig(**{"mode": "transfer", **FINETUNE_DEFAULTS, **overrides})
+    """A fine-tuning TrainConfig: :data:`FINETUNE_DEFAULTS` with the mode's lr
+    (:data:`FINETUNE_LR`), then ``overrides``."""
+    mode = overrides.get("mode", "transfer")
+    lr = FINETUNE_LR.get(mode, FINETUNE_DEFAULTS["lr"])
+    return TrainConfig(**{"mode": "transfer", **FINETUNE_DEFAULTS, "lr": lr, **overrides})

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqrec.core.train_config import MODES, TrainConfig, finetune_config
+from vqrec.core.train_config import FINETUNE_LR, MODES, TrainConfig, finetune_config
 from vqrec.lake.store import (
     LakeError,
     default_version,
@@ -434,7 +434,15 @@ def main_finetune(argv: list[str] | None = None) -> int:
         parser,
         finetune_config(),  # FINETUNE_DEFAULTS over TrainConfig's
         ("mode", "permutation", "permutation_epochs", "negatives"),
-        overrides={"mode": {"choices": [m for m in MODES if m != "pretrain"]}},
+        overrides={
+            "mode": {"choices": [m for m in MODES if m != "pretrain"]},
+            "lr": {
+                "default": None,
+                "help": "Adam learning rate (default: by --mode, "
+                + ", ".join(f"{m} {lr:g}" for m, lr in FINETUNE_LR.items())
+                + ")",
+            },
+        },
     )
     parser.add_argument("--domain", required=True, help="the domain to fine-tune (required)")
     parser.add_argument(
@@ -459,6 +467,8 @@ def main_finetune(argv: list[str] | None = None) -> int:
         lake = lake_root(args.lake)
         domain = validate_name(args.domain, "domain")
         version = validate_name(args.version or default_version(), "version")
+        if args.lr is None:
+            args.lr = FINETUNE_LR[args.mode]
         cfg = _train_config(args, names)
         model_cfg = _model_config(args, item_encoder=args.item_encoder)
         _check_input_versions(args)
