@@ -15,7 +15,7 @@ import torch
 from vqrec.core.metrics import popularity_metrics
 from vqrec.core.model import ModelConfig
 from vqrec.core.sequences import DomainData, Sequences, merge_domains
-from vqrec.core.trainer import StopRequested, TrainConfig, finetune, pretrain
+from vqrec.core.trainer import StopRequested, TrainConfig, TrainResult, finetune, pretrain
 from vqrec.lake.models import load_domain_model
 from vqrec.lake.store import resolve_version, staged_version
 from vqrec.lake.tables import load_domain
@@ -53,6 +53,15 @@ def topic_domain(name: str, n_items: int, n_users: int, topics: int, seed: int) 
             rows[split][2].append(u)
     splits = {k: Sequences.from_lists(*v) for k, v in rows.items()}
     return DomainData(name, n_items, splits, codes=codes)
+
+
+def tiny_backbone() -> TrainResult:
+    """One pre-training epoch of the TINY model on a topic domain "P": a backbone to transfer."""
+    return pretrain(
+        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
+        TrainConfig(epochs=1, batch_size=64, progress=False),
+        ModelConfig(**TINY),
+    )
 
 
 def write_domains(lake: Path, domains: list[DomainData], version: str = "v1") -> None:
@@ -114,11 +123,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path, mode: str, stop: 
     base = dict(mode=mode, epochs=3, batch_size=64, patience=5, progress=False, seed=7)
     base |= dict(permutation="learned", permutation_epochs=2)
     if mode == "transfer":
-        pre = pretrain(
-            merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
-            TrainConfig(epochs=1, batch_size=64, progress=False),
-            ModelConfig(**TINY),
-        )
+        pre = tiny_backbone()
         backbone = pre.model
     cfg = ModelConfig(**TINY)
     straight = finetune(data, TrainConfig(**base), cfg, backbone, tmp_path / "a" / "last.pt")
@@ -238,11 +243,7 @@ def test_time_budget_covers_the_permutation_phase() -> None:
     """A budget crossed during the permutation phase ends it (what was learned is applied),
     and fine-tuning then stops after its first epoch: no phase runs past the budget."""
     torch.set_num_threads(1)
-    pre = pretrain(
-        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
-        TrainConfig(epochs=1, batch_size=64, progress=False),
-        ModelConfig(**TINY),
-    )
+    pre = tiny_backbone()
     cfg = TrainConfig(mode="transfer", epochs=50, batch_size=64, permutation="learned",
                       permutation_epochs=50, progress=False, time_budget_min=1e-4)  # fmt: skip
     result = finetune(topic_domain("T", 80, 120, 6, seed=5), cfg, ModelConfig(**TINY), pre.model)
@@ -256,11 +257,7 @@ def test_matched_alignment_is_applied_before_fine_tuning() -> None:
     """permutation='matched' needs the items' backbone codes, costs no epoch, and starts
     fine-tuning from the table the matched assignment reorders."""
     torch.set_num_threads(1)
-    pre = pretrain(
-        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
-        TrainConfig(epochs=1, batch_size=64, progress=False),
-        ModelConfig(**TINY),
-    )
+    pre = tiny_backbone()
     data = topic_domain("T", 80, 120, 6, seed=5)
     cfg = TrainConfig(mode="transfer", epochs=1, batch_size=64, permutation="matched",
                       progress=False)  # fmt: skip
@@ -337,11 +334,7 @@ def test_fine_tuning_chooses_its_own_regularisation_on_the_backbone_s_shape() ->
     from vqrec.core.trainer import build_domain_model
 
     torch.set_num_threads(1)
-    pre = pretrain(
-        merge_domains([topic_domain("P", 90, 120, 6, seed=6)]),
-        TrainConfig(epochs=1, batch_size=64, progress=False),
-        ModelConfig(**TINY),
-    )
+    pre = tiny_backbone()
     data = topic_domain("T", 80, 120, 6, seed=5)
     chosen = ModelConfig(**TINY | {"dropout": 0.2, "attn_dropout": 0.3, "temperature": 0.1,
                                    "hidden": 64, "inner": 64})  # fmt: skip

@@ -160,9 +160,14 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-1, "targets": "all", "permutation"
 FINETUNE_LR: dict[str, float] = {"transfer": FINETUNE_DEFAULTS["lr"], "full": 3e-3, "scratch": 1e-3}
 
 
-def finetune_config(**overrides: Any) -> TrainConfig:
-    """A fine-tuning TrainConfig: :data:`FINETUNE_DEFAULTS` with the mode's lr
-    (:data:`FINETUNE_LR`), then ``overrides``."""
-    mode = overrides.get("mode", "transfer")
+def finetune_defaults(mode: str = "transfer") -> dict[str, Any]:
+    """The fields a fine-tune in ``mode`` defaults to: :data:`FINETUNE_DEFAULTS` with the
+    mode's lr (:data:`FINETUNE_LR`; a mode it does not know keeps the transfer's, and
+    TrainConfig then names the bad mode)."""
     lr = FINETUNE_LR.get(mode, FINETUNE_DEFAULTS["lr"])
-    return TrainConfig(**{"mode": "transfer", **FINETUNE_DEFAULTS, "lr": lr, **overrides})
+    return {"mode": "transfer", **FINETUNE_DEFAULTS, "lr": lr}
+
+
+def finetune_config(**overrides: Any) -> TrainConfig:
+    """A fine-tuning TrainConfig: :func:`finetune_defaults` of its mode, then ``overrides``."""
+    return TrainConfig(**{**finetune_defaults(overrides.get("mode", "transfer")), **overrides})

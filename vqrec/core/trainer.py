@@ -605,11 +605,11 @@ def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[st
     """The best valid metrics of a short transfer of ``model`` (as it stands) to ``probe``.
 
     Fine-tunes a new model built from ``model``'s weights (``model`` is not touched) for
-    ``cfg.probe_epochs`` epochs with the fine-tune defaults (FINETUNE_DEFAULTS: matched
-    alignment, chains, their lr), on ``cfg.valid_rows`` valid rows of the probe domain, with
-    pre-training's seed,
-    so every probe of a run sees the same batches. The global RNG states are restored after
-    it: a probed run pre-trains exactly as an unprobed one, only its stopping rule differs.
+    ``cfg.probe_epochs`` epochs with the transfer's fine-tune defaults (matched alignment,
+    chains, its lr), on ``cfg.valid_rows`` valid rows of the probe domain, with
+    pre-training's seed, so every probe of a run sees the same batches. The global RNG states
+    are restored after it: a probed run pre-trains exactly as an unprobed one, only its
+    stopping rule differs.
     Not in the paper (which pre-trains for a fixed budget); see TrainConfig.probe_domain.
     """
     probe_cfg = finetune_config(
@@ -624,7 +624,6 @@ def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[st
     )
     states = (torch.get_rng_state(), np.random.get_state())
     cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-    training = model.training
     try:
         result = finetune(probe, probe_cfg, backbone=model, test=False, name=f"probe {probe.name}")
     finally:
@@ -632,7 +631,6 @@ def transfer_probe(model: VQRec, probe: DomainData, cfg: TrainConfig) -> dict[st
         np.random.set_state(states[1])
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state)
-        model.train(training)
     return result.metrics["valid"]
 
 

@@ -416,15 +416,14 @@ def run_pretrain(plan: RunPlan | dict[str, Any]) -> dict[str, Any]:
 
 def run_finetune(plan: RunPlan | dict[str, Any], domain: str) -> dict[str, Any]:
     """Transfer the run's backbone to one domain -> models/<v>/domains/<domain> (own part)."""
-    from vqrec.core.train_config import FINETUNE_DEFAULTS, FINETUNE_LR
+    from vqrec.core.train_config import finetune_defaults
     from vqrec.mlops import tracking
     from vqrec.stages.train import finetune_to_lake
 
     p = _plan(plan)
     domain = validate_name(domain, "domain")
     warm = p.warm_start.get(domain) if p.cadence == "incremental" else None
-    mode = _hyper(p, "finetune").get("mode", "transfer")
-    defaults = {"mode": "transfer", **FINETUNE_DEFAULTS, "lr": FINETUNE_LR.get(mode, 1e-3)}
+    defaults = finetune_defaults(_hyper(p, "finetune").get("mode", "transfer"))
     cfg, model_cfg = _train_configs(p, "finetune", defaults=defaults)
     if warm:
         cfg = _incremental_config(p, cfg)
