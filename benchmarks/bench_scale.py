@@ -1,6 +1,7 @@
 """The cost curve: wall time and peak memory of every stage against data size (not a test).
 
     python benchmarks/bench_scale.py run [--sizes 200000,2000000,20000000] [--negatives K]
+    python benchmarks/bench_scale.py run --domain Games --negatives 1024   # a real domain
     python benchmarks/bench_scale.py report    # table, slopes, docs/scale.png
 
 For each size (events in one synthetic domain, the demo generator scaled: ~17 events a user,
@@ -17,6 +18,10 @@ included, sampled every 0.2 s) and the counts. The stages at the front of the ch
 recorded and whose output is still on the lake are skipped, so a stopped run resumes where it
 was; every stage after the first one that runs runs again. ``report`` fits the slope of
 log(time) against log(events) per stage (1.0 = linear) and draws the log-log plot.
+
+``--domain D`` runs the same chain on the real domain D of ../shared/data (read in place, from
+its raw files, so ``clean`` does the real cleaning); its records carry ``source`` and are
+reported beside the curve, with the batch recommendations' users/s.
 
 ``--negatives K`` trains with the sampled softmax (``vqrec finetune --negatives K``) instead of
 the full one; its records are the stage ``train K=<K>``, beside the full softmax's ``train``.
@@ -36,11 +41,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WORK = ROOT / "var" / "scale"
 RESULTS = ROOT / "benchmarks" / "results" / "scale.jsonl"
 PLOT = ROOT / "docs" / "scale.png"
@@ -109,30 +116,32 @@ def generate(events: int, raw: Path) -> dict:
     return manifest["domains"][DOMAIN]
 
 
-def stage_commands(work: Path, negatives: int = 0) -> dict[str, tuple[list[str], Path]]:
+def stage_commands(
+    work: Path, domain: str, raw: Path, negatives: int = 0
+) -> dict[str, tuple[list[str], Path]]:
     """Stage -> (the CLI command, the lake folder its success leaves)."""
     lake = work / "lake"
     cli = [sys.executable, "-m", "vqrec.cli"]
     common = ["--lake", str(lake)]
     return {
-        "clean": (cli + ["clean", "--raw", str(work / "raw" / DOMAIN), "--version", "s"] + common,
+        "clean": (cli + ["clean", "--raw", str(raw), "--version", "s"] + common,
                   lake / "clean" / "s"),
         "encode": (cli + ["encode", "--clean-version", "s", "--version", "s"] + common,
                    lake / "embeddings" / "s"),
-        "codes": (cli + ["codes", "--target-domains", DOMAIN, "--pretrain-domains", "",
+        "codes": (cli + ["codes", "--target-domains", domain, "--pretrain-domains", "",
                          "--strategy", "domain", "--embeddings-version", "s",
                          "--clean-version", "s", "--version", "s"] + common,
                   lake / "codes" / "s"),
-        "train": (cli + ["finetune", "--mode", "scratch", "--domain", DOMAIN, "--epochs", "1",
+        "train": (cli + ["finetune", "--mode", "scratch", "--domain", domain, "--epochs", "1",
                          "--clean-version", "s", "--codes-version", "s", "--version", "s",
                          "--no-progress", "--negatives", str(negatives)] + common,
                   lake / "models" / "s"),
-        "evaluate": (cli + ["evaluate", "--models-version", "s", "--domain", DOMAIN,
+        "evaluate": (cli + ["evaluate", "--models-version", "s", "--domain", domain,
                             "--split", "test", "--clean-version", "s"] + common, None),
         "register": (cli + ["register", "--version", "s", "--no-backbone",
-                            "--domains", DOMAIN] + common, None),
+                            "--domains", domain] + common, None),
         "recommend": (cli + ["recommend", "--clean-version", "s", "--version", "s",
-                             "--domains", DOMAIN] + common,
+                             "--domains", domain] + common,
                       lake / "recommendations" / "s"),
     }  # fmt: skip
 
@@ -143,28 +152,36 @@ def _records() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
-def _train_epoch_s(work: Path) -> float | None:
+def _train_epoch_s(work: Path, domain: str) -> float | None:
     """The one training epoch's own seconds (without its validation), from metrics.json."""
-    metrics = work / "lake" / "models" / "s" / "domains" / DOMAIN / "metrics.json"
+    metrics = work / "lake" / "models" / "s" / "domains" / domain / "metrics.json"
     if not metrics.exists():
         return None
     history = [h for h in json.loads(metrics.read_text())["history"] if h["phase"] == "train"]
     return round(history[0]["seconds"], 1) if history else None
 
 
-def _trained_negatives(work: Path) -> int:
+def _trained_negatives(work: Path, domain: str) -> int:
     """The sampled softmax's K of the model on the lake (0: the full softmax)."""
-    config = work / "lake" / "models" / "s" / "domains" / DOMAIN / "config.json"
+    config = work / "lake" / "models" / "s" / "domains" / domain / "config.json"
     return json.loads(config.read_text())["train"].get("negatives", 0)
 
 
-def _check_recommended(work: Path) -> None:
+def _check_recommended(work: Path, domain: str) -> None:
     """Refuse a recommend run that skipped the domain (no champion): it measured nothing."""
     from vqrec.lake.store import read_success
 
-    entry = read_success(work / "lake" / "recommendations" / "s")["domains"][DOMAIN]
+    entry = read_success(work / "lake" / "recommendations" / "s")["domains"][domain]
     if "skipped" in entry:
-        raise SystemExit(f"recommend skipped {DOMAIN}: {entry['skipped']}")
+        raise SystemExit(f"recommend skipped {domain}: {entry['skipped']}")
+
+
+def _cleaned_counts(work: Path, domain: str) -> dict:
+    """Users, items and events of a real domain as the clean stage kept them."""
+    from vqrec.lake.store import read_success
+
+    summary = read_success(work / "lake" / "clean" / "s")["domains"][domain]
+    return {"users": summary["users"], "items": summary["items"], "events": summary["kept"]}
 
 
 def label(record: dict) -> str:
@@ -174,21 +191,50 @@ def label(record: dict) -> str:
 
 
 def run_size(events: int, negatives: int) -> None:
+    """Every stage on the synthetic domain of ``events`` events."""
     work = WORK / str(events)
-    (work / "logs").mkdir(parents=True, exist_ok=True)
     entry = generate(events, work / "raw")
-    done = {label(r) for r in _records() if r["size_events"] == events}
+    counts = {k: entry[k] for k in ("users", "items", "events")}
+    run_chain(work, DOMAIN, work / "raw" / DOMAIN, negatives, {"size_events": events},
+              lambda: counts)  # fmt: skip
+
+
+def run_real(domain: str, negatives: int) -> None:
+    """Every stage on a real domain of ../shared/data, read in place from its raw files."""
+    raw = SHARED / domain
+    if not (raw / "raw").is_dir():
+        raise SystemExit(f"no real domain {domain!r} under {SHARED}")
+    work = WORK / domain
+    run_chain(work, domain, raw, negatives, {"source": domain},
+              lambda: _cleaned_counts(work, domain))  # fmt: skip
+
+
+def run_chain(
+    work: Path,
+    domain: str,
+    raw: Path,
+    negatives: int,
+    key: dict,
+    counts: Callable[[], dict],
+) -> None:
+    """Run the stages on one domain, skipping the recorded ones at the front of the chain.
+
+    ``key`` identifies the domain's records (its synthetic size, or its real source);
+    ``counts`` gives its users, items and events (for a real domain: once cleaned).
+    """
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    done = {label(r) for r in _records() if all(r.get(k) == v for k, v in key.items())}
     env = os.environ | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
         "PYSPARK_PYTHON": sys.executable,
     }  # fmt: skip
     resumed = True  # skipping the finished stages at the front of the chain
-    for stage, (cmd, output) in stage_commands(work, negatives).items():
+    for stage, (cmd, output) in stage_commands(work, domain, raw, negatives).items():
         planned = label({"stage": stage, "negatives": negatives if stage == "train" else 0})
         on_lake = output is None or output.exists()
         if stage == "train" and on_lake:  # the model on the lake: trained with this K?
-            on_lake = _trained_negatives(work) == negatives
+            on_lake = _trained_negatives(work, domain) == negatives
         if resumed and planned in done and on_lake:
             continue
         # From here every stage runs again: its input changed (a registry without a model
@@ -196,16 +242,17 @@ def run_size(events: int, negatives: int) -> None:
         resumed = False
         if output is not None and output.exists():
             shutil.rmtree(output)
-        print(f"{events:>11,} events  {stage:<9}", end=" ", flush=True)
+        print(f"{domain} {stage:<9}", end=" ", flush=True)
         record = measure(cmd, env, work / "logs" / f"{stage}.log")
-        record = {"size_events": events, "stage": stage} | record | {
-            "users": entry["users"], "items": entry["items"], "events": entry["events"],
+        n = counts()
+        record = key | {"size_events": n["events"], "stage": stage} | record | n | {
             "cpus": os.cpu_count(), "commit": _commit(),
         }  # fmt: skip
         if stage == "train":
-            record |= {"epoch_s": _train_epoch_s(work), "negatives": negatives}
+            record |= {"epoch_s": _train_epoch_s(work, domain), "negatives": negatives}
         if stage == "recommend":
-            _check_recommended(work)
+            _check_recommended(work, domain)
+            record["users_per_s"] = round(n["users"] / record["wall_s"], 1)
         print(f"{record['wall_s']:>8.1f} s  {record['peak_rss_mb']:>6} MiB", flush=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
@@ -217,6 +264,8 @@ def _latest() -> dict[tuple[int, str], dict]:
     record also gives its epoch alone (row ``<label> epoch``, its ``epoch_s``)."""
     latest: dict[tuple[int, str], dict] = {}
     for r in _records():
+        if "source" in r:  # a real domain: reported beside the curve, not on it
+            continue
         latest[(r["size_events"], label(r))] = r
         if r.get("epoch_s"):
             latest[(r["size_events"], f"{label(r)} epoch")] = r | {"wall_s": r["epoch_s"]}
@@ -260,7 +309,31 @@ def report() -> None:
             f"(largest: {first['users']:,} users, {first['items']:,} items; wall time, "
             "peak RSS of the stage's process tree; '... epoch': the training epoch alone)"
         )
+    real_report()
     _plot(latest)
+
+
+def real_report() -> None:
+    """The last record of each stage on each real domain (``run --domain``), beside the curve."""
+    latest: dict[str, dict[str, dict]] = {}
+    for r in _records():
+        if "source" in r:
+            latest.setdefault(r["source"], {})[label(r)] = r
+    for source, rows in sorted(latest.items()):
+        any_row = next(iter(rows.values()))
+        print(
+            f"\nreal domain {source} ({any_row['events']:,} events, {any_row['users']:,} users, "
+            f"{any_row['items']:,} items; load at start in brackets)"
+        )
+        for name in sorted(rows, key=lambda n: (STAGES.index(n.split()[0]), n)):
+            r = rows[name]
+            extra = f"  epoch {r['epoch_s']:.1f} s" if r.get("epoch_s") else ""
+            if r.get("users_per_s"):
+                extra = f"  {r['users_per_s']:,.0f} users/s"
+            print(
+                f"{name:<18}{r['wall_s']:>9.1f} s {r['peak_rss_mb']:>6} MiB  "
+                f"[{r['load_at_start']:.1f}]{extra}"
+            )
 
 
 def _plot(latest: dict[tuple[int, str], dict]) -> None:
@@ -301,8 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="train with the sampled softmax over K items (0: full softmax)",
     )
+    parser.add_argument(
+        "--domain",
+        default="",
+        help="run the stages on this real domain of ../shared/data instead of --sizes",
+    )
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command == "run" and args.domain:
+        run_real(args.domain, args.negatives)
+    elif args.command == "run":
         for events in sorted(int(s) for s in args.sizes.split(",") if s):
             run_size(events, args.negatives)
     report()

@@ -125,6 +125,7 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "vq-transfer-lr3e-2": (["--mode", "transfer", "--lr", "3e-2"], "domain"),
     "vq-transfer-lr1e-1": (["--mode", "transfer", "--lr", "1e-1"], "domain"),
     "vq-transfer-lr3e-1": (["--mode", "transfer", "--lr", "3e-1"], "domain"),
+    "vq-transfer-lr1": (["--mode", "transfer", "--lr", "1"], "domain"),
     # what the sampled softmax for large catalogues (--negatives) costs in quality
     "vq-scratch-k1024": ([*SCRATCH, "--negatives", "1024"], "domain"),
 }  # fmt: skip

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# The trained toy world (trained_world) and the lake_store fixture, for every test module.
-pytest_plugins = ["tests.support.world"]
+# The trained toy world (trained_world), the lake_store fixture and the coded demo lake
+# (coded_demo_lake), for every test module.
+pytest_plugins = ["tests.support.world", "tests.support.demo_lake"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VQREC_SHARED_DATA", ROOT.parent / "shared" / "data"))

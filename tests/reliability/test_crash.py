@@ -36,15 +36,11 @@ from tests.support.crash_harness import (
     run_cli,
     start_paused,
 )
+from tests.support.demo_lake import CODES, PRETRAIN, TARGET, copy_lake
 from vqrec.cli import main as vqrec
 from vqrec.core.trainer import load_checkpoint
-from vqrec.devtools.demo import generate_demo
 from vqrec.lake.store import CURRENT, SUCCESS, LakeError, resolve_part, resolve_version
 
-MAX_TS = "2000000000"  # fixed, so that a rerun on another day reads the same events
-PRETRAIN, TARGET = ["Arts", "Garden"], "Toys"
-CODES = ["--pretrain-domains", ",".join(PRETRAIN), "--target-domains", TARGET]
-CODES += ["--strategy", "shared", "--code-dim", "8", "--bits", "4", "--niter", "2"]
 TINY = {"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 20}
 TRAIN = ["--no-progress", "--device", "cpu", "--batch-size", "256", "--epochs", "3"]
 TRAIN += ["--seed", "5", "--model-config", json.dumps(TINY)]
@@ -54,20 +50,14 @@ TIMING = {"seconds", "seq_per_s", "valid_seconds"}  # wall-clock fields of a his
 
 
 @pytest.fixture(scope="module")
-def prepared(spark, tmp_path_factory):
+def prepared(coded_demo_lake, tmp_path_factory):
     """One lake with a committed version of every stage, each made by an uninterrupted run."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("crash")
-    raw, lake = root / "raw", root / "lake"
-    generate_demo(raw, seed=0, users=800, domains=[*PRETRAIN, TARGET])
-    clean = ["--raw-root", str(raw), "--lake", str(lake), "--max-ts", MAX_TS]
-    assert vqrec(["clean", *clean, "--version", "v1"]) == 0
-    assert vqrec(["encode", "--lake", str(lake), "--version", "v1"]) == 0
-    assert vqrec(["codes", "--lake", str(lake), "--version", "v1", *CODES]) == 0
+    lake = copy_lake(coded_demo_lake["lake"], tmp_path_factory.mktemp("crash") / "lake")
     train = ["--lake", str(lake), "--version", "m1", *TRAIN]
     assert vqrec(["pretrain", *train, "--domains", ",".join(PRETRAIN)]) == 0
     assert vqrec(["finetune", *train, *FINETUNE]) == 0
-    return {"raw": raw, "lake": lake, "clean": clean}
+    return {"raw": coded_demo_lake["raw"], "lake": lake, "clean": coded_demo_lake["clean"]}
 
 
 @pytest.fixture
