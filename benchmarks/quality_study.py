@@ -289,11 +289,13 @@ def pretrain(target: str, cap_min: float) -> None:
             raise SystemExit(rc)
         print(f"pre-training {version}: {time.time() - t0:.0f} s this run", flush=True)
     out = RESULTS_DIR / f"backbone-{target}.json"
-    if not out.exists():
+    sha1 = _backbone_sha1(target)
+    if not out.exists() or json.loads(out.read_text()).get("sha1") != sha1:
         folder = resolve_version(LAKE, "models", version) / "backbone"
         metrics = json.loads((folder / "metrics.json").read_text())
         doc = {
             "version": version,
+            "sha1": sha1,
             "domains": list(SPLIT[target]),
             "flags": PRETRAIN_FLAGS + ["--probe-domain", target],
             "early_stop": BACKBONE_STOP,
@@ -313,25 +315,51 @@ def pretrain(target: str, cap_min: float) -> None:
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def _backbone_sha1(target: str) -> str:
+    """The first 12 hex digits of the sha1 of the target's backbone weights on the lake: which
+    backbone a row was fine-tuned from (a rebuilt lake pre-trains a new one)."""
+    folder = resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
+    return hashlib.sha1((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
 def _backbone_record(target: str) -> dict:
-    """What a transferred row's record says of its backbone: version, epoch kept, rule."""
+    """What a transferred row's record says of its backbone: version, weights, epoch kept, rule."""
     folder = resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
     metrics = json.loads((folder / "metrics.json").read_text())
     stop = BACKBONE_STOP if BACKBONE_STOP in metrics["valid"] else "ndcg@10"
-    return {"version": folder.parent.name, "best_epoch": metrics["best_epoch"], "early_stop": stop}
+    return {"version": folder.parent.name, "sha1": _backbone_sha1(target)} | {
+        "best_epoch": metrics["best_epoch"],
+        "early_stop": stop,
+    }
 
 
-def label(record: dict) -> str:
-    """A record's row in the table: rows trained on an older backbone, or at a fine-tune lr
-    that was the default then and is not now, apart (their records stay as they are)."""
+def _current_backbones() -> dict[str, str | None]:
+    """Target -> the sha1 of the backbone in results/backbone-<t>.json (the study's current
+    one; None for a curve written before the sha1 was recorded)."""
+    out = {}
+    for target in SPLIT:
+        doc = RESULTS_DIR / f"backbone-{target}.json"
+        out[target] = json.loads(doc.read_text()).get("sha1") if doc.exists() else None
+    return out
+
+
+def label(record: dict, current: dict[str, str | None] | None = None) -> str:
+    """A record's row in the table: rows trained on an older backbone (stopped on
+    pre-training's valid: ``bb: valid``; probed, but not the backbone of
+    results/backbone-<t>.json: ``earlier bb``), or at a fine-tune lr that was the default then
+    and is not now, apart (their records stay as they are). ``current``: _current_backbones()."""
     from vqrec.core.train_config import FINETUNE_DEFAULTS
 
     # a row this version does not know (added by a newer one): its record's own flags
     flags = ROWS[record["row"]][0] if record["row"] in ROWS else record["config"]["flags"]
     notes = []
-    stop = (record.get("backbone") or {}).get("early_stop", "ndcg@10")
-    if "scratch" not in flags and stop != BACKBONE_STOP:
-        notes.append("bb: valid")
+    backbone = record.get("backbone") or {}
+    if "scratch" not in flags:
+        current = _current_backbones() if current is None else current
+        if backbone.get("early_stop", "ndcg@10") != BACKBONE_STOP:
+            notes.append("bb: valid")
+        elif backbone.get("sha1") != current[record["domain"]]:
+            notes.append("earlier bb")
     lr = record["config"]["train"]["lr"]
     if "--lr" not in flags and lr != FINETUNE_DEFAULTS["lr"]:
         notes.append(f"lr {lr:g}")
@@ -340,7 +368,8 @@ def label(record: dict) -> str:
 
 def finished() -> set[tuple[str, str, int]]:
     """(row, target, seed) already recorded with the current backbone rule."""
-    return {(r["row"], r["domain"], r["seed"]) for r in _records() if label(r) == r["row"]}
+    current = _current_backbones()
+    return {(r["row"], r["domain"], r["seed"]) for r in _records() if label(r, current) == r["row"]}
 
 
 def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float) -> dict:
@@ -446,8 +475,9 @@ def table() -> None:
     """Mean ± std over seeds of each (target, row), beside the published anchors."""
     keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
     groups: dict[tuple[str, str], list[dict]] = {}
+    current = _current_backbones()
     for r in _records():
-        groups.setdefault((r["domain"], label(r)), []).append(r)
+        groups.setdefault((r["domain"], label(r, current)), []).append(r)
     for target in SPLIT:
         names = [row for (t, row) in groups if t == target]
         if not names:
