@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scale.py run [--sizes 200000,2000000,20000000] [--negatives K]
     python benchmarks/bench_scale.py run --domain Games --negatives 1024   # a real domain
+    python benchmarks/bench_scale.py run --domain Games --negatives 1024 --rerun-from recommend
     python benchmarks/bench_scale.py report    # table, slopes, docs/scale.png
 
 For each size (events in one synthetic domain, the demo generator scaled: ~17 events a user,
@@ -190,23 +191,23 @@ def label(record: dict) -> str:
     return f"{record['stage']} K={k}" if k else record["stage"]
 
 
-def run_size(events: int, negatives: int) -> None:
+def run_size(events: int, negatives: int, rerun_from: str = "") -> None:
     """Every stage on the synthetic domain of ``events`` events."""
     work = WORK / str(events)
     entry = generate(events, work / "raw")
     counts = {k: entry[k] for k in ("users", "items", "events")}
     run_chain(work, DOMAIN, work / "raw" / DOMAIN, negatives, {"size_events": events},
-              lambda: counts)  # fmt: skip
+              lambda: counts, rerun_from)  # fmt: skip
 
 
-def run_real(domain: str, negatives: int) -> None:
+def run_real(domain: str, negatives: int, rerun_from: str = "") -> None:
     """Every stage on a real domain of ../shared/data, read in place from its raw files."""
     raw = SHARED / domain
     if not (raw / "raw").is_dir():
         raise SystemExit(f"no real domain {domain!r} under {SHARED}")
     work = WORK / domain
     run_chain(work, domain, raw, negatives, {"source": domain},
-              lambda: _cleaned_counts(work, domain))  # fmt: skip
+              lambda: _cleaned_counts(work, domain), rerun_from)  # fmt: skip
 
 
 def run_chain(
@@ -216,11 +217,13 @@ def run_chain(
     negatives: int,
     key: dict,
     counts: Callable[[], dict],
+    rerun_from: str = "",
 ) -> None:
     """Run the stages on one domain, skipping the recorded ones at the front of the chain.
 
     ``key`` identifies the domain's records (its synthetic size, or its real source);
-    ``counts`` gives its users, items and events (for a real domain: once cleaned).
+    ``counts`` gives its users, items and events (for a real domain: once cleaned);
+    ``rerun_from``: measure that stage and the ones after it again (e.g. on a quieter machine).
     """
     (work / "logs").mkdir(parents=True, exist_ok=True)
     done = {label(r) for r in _records() if all(r.get(k) == v for k, v in key.items())}
@@ -235,6 +238,8 @@ def run_chain(
         on_lake = output is None or output.exists()
         if stage == "train" and on_lake:  # the model on the lake: trained with this K?
             on_lake = _trained_negatives(work, domain) == negatives
+        if stage == rerun_from:
+            resumed = False
         if resumed and planned in done and on_lake:
             continue
         # From here every stage runs again: its input changed (a registry without a model
@@ -379,12 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="run the stages on this real domain of ../shared/data instead of --sizes",
     )
+    parser.add_argument(
+        "--rerun-from",
+        default="",
+        choices=["", *STAGES],
+        help="measure this stage and the ones after it again, even where recorded",
+    )
     args = parser.parse_args(argv)
     if args.command == "run" and args.domain:
-        run_real(args.domain, args.negatives)
+        run_real(args.domain, args.negatives, args.rerun_from)
     elif args.command == "run":
         for events in sorted(int(s) for s in args.sizes.split(",") if s):
-            run_size(events, args.negatives)
+            run_size(events, args.negatives, args.rerun_from)
     report()
     return 0
 
