@@ -483,7 +483,8 @@ def table() -> None:
         if not names:
             continue
         print(f"\n{target} (backbone: {' + '.join(SPLIT[target])}), test, mean ± std over seeds")
-        print(f"{'row':<44}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
+        width = max(44, *(len(n) + 1 for n in names))
+        print(f"{'row':<{width}}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
         order = list(ROWS)
         for row in sorted(names, key=lambda n: (n != n.split()[0], order.index(n.split()[0]), n)):
             recs = groups[(target, row)]
@@ -492,10 +493,10 @@ def table() -> None:
                 v = np.array([r["test"][k] for r in recs])
                 cells += f"{v.mean():9.4f} ±{v.std():.4f}" if len(v) > 1 else f"{v[0]:17.4f}"
             wall = np.mean([r["wall_s"] for r in recs])
-            print(f"{row:<44}{len(recs):>2} {cells}{wall:8.0f}")
+            print(f"{row:<{width}}{len(recs):>2} {cells}{wall:8.0f}")
         for name, anchor in ANCHORS.get(target, {}).items():
             cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
-            print(f"{name:<47}{cells}")
+            print(f"{name:<{width + 3}}{cells}")
 
 
 # row -> its colour, the same in every panel

@@ -149,8 +149,9 @@ class TrainConfig:
 # Fine-tuning departs from the pre-training defaults above, each chosen on Scientific's valid
 # split (docs/QUALITY.md): lr 1e-1 for the transfer, which trains only the lookup table
 # behind a LayerNorm (valid N@10, 3 seeds each: 0.0689 at the official README's 3e-3, 0.0708
-# at 3e-2, 0.0716 at 1e-1; 0.0735 at 3e-1 on one seed, not confirmed: the search stopped
-# there, valid still rising; `--mode full` and `scratch` get FINETUNE_LR's), a target at
+# at 3e-2, 0.0716 at 1e-1; on the rebuilt backbone 0.0716 at 1e-1, 0.0725 at 3e-1 and 0.0691
+# at 1 (one seed): 3e-1 leads on N@10 by 0.0009 but ties N@50 and loses R@50 (0.2672 vs
+# 0.2707), so 1e-1 stays; `--mode full` and `scratch` get FINETUNE_LR's), a target at
 # every position of each user's chain (the same targets as the prefix rows, ~8x fewer rows
 # an epoch), and the matched alignment (no epochs).
 FINETUNE_DEFAULTS: dict[str, Any] = {"lr": 1e-1, "targets": "all", "permutation": "matched"}
