@@ -258,7 +258,7 @@ def _codes(target: str) -> None:
         print(f"codes {own} in {time.time() - t0:.0f} s", json.dumps(summary["stats"])[:300])
     if not _committed("codes", shared):
         summary = run_codes(
-            CodesConfig((), SPLIT[target], "shared", version=shared, frozen_from=own, **common)
+            CodesConfig((), (target,), "shared", version=shared, frozen_from=own, **common)
         )
         print(f"codes {shared}", json.dumps(summary["stats"])[:300], flush=True)
 
