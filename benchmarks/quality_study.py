@@ -289,9 +289,9 @@ def pretrain(target: str, cap_min: float) -> None:
             raise SystemExit(rc)
         print(f"pre-training {version}: {time.time() - t0:.0f} s this run", flush=True)
     out = RESULTS_DIR / f"backbone-{target}.json"
-    sha1 = _backbone_sha1(target)
+    folder = _backbone_folder(target)
+    sha1 = _backbone_sha1(folder)
     if not out.exists() or json.loads(out.read_text()).get("sha1") != sha1:
-        folder = resolve_version(LAKE, "models", version) / "backbone"
         metrics = json.loads((folder / "metrics.json").read_text())
         doc = {
             "version": version,
@@ -315,19 +315,23 @@ def pretrain(target: str, cap_min: float) -> None:
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def _backbone_sha1(target: str) -> str:
-    """The first 12 hex digits of the sha1 of the target's backbone weights on the lake: which
-    backbone a row was fine-tuned from (a rebuilt lake pre-trains a new one)."""
-    folder = resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
+def _backbone_folder(target: str) -> Path:
+    """The target's committed backbone on the study's lake."""
+    return resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
+
+
+def _backbone_sha1(folder: Path) -> str:
+    """The first 12 hex digits of the sha1 of a backbone's weights: which backbone a row was
+    fine-tuned from (a rebuilt lake pre-trains a new one)."""
     return hashlib.sha1((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def _backbone_record(target: str) -> dict:
     """What a transferred row's record says of its backbone: version, weights, epoch kept, rule."""
-    folder = resolve_version(LAKE, "models", backbone_version(target)) / "backbone"
+    folder = _backbone_folder(target)
     metrics = json.loads((folder / "metrics.json").read_text())
     stop = BACKBONE_STOP if BACKBONE_STOP in metrics["valid"] else "ndcg@10"
-    return {"version": folder.parent.name, "sha1": _backbone_sha1(target)} | {
+    return {"version": folder.parent.name, "sha1": _backbone_sha1(folder)} | {
         "best_epoch": metrics["best_epoch"],
         "early_stop": stop,
     }
@@ -512,11 +516,13 @@ def plot(path: Path) -> None:
 
     # Per (target, row): the current record, else the latest older one (its label says how).
     chosen: dict[tuple[str, str], dict] = {}
+    current = _current_backbones()
     for r in _records():
         if r["seed"] != SEEDS[0] or r["row"] not in PLOTTED_ROWS:
             continue
         key = (r["domain"], r["row"])
-        if key not in chosen or label(r) == r["row"] or label(chosen[key]) != r["row"]:
+        is_current = label(r, current) == r["row"]
+        if key not in chosen or is_current or label(chosen[key], current) != r["row"]:
             chosen[key] = r
     records = list(chosen.values())
     targets = sorted({r["domain"] for r in records}, key=list(SPLIT).index)
@@ -528,7 +534,7 @@ def plot(path: Path) -> None:
                 continue
             xs = [p["wall_s"] for p in r["curve"]]
             ys = [p["valid_ndcg@10"] for p in r["curve"]]
-            ax.plot(xs, ys, marker=".", label=label(r), color=PLOTTED_ROWS[r["row"]])
+            ax.plot(xs, ys, marker=".", label=label(r, current), color=PLOTTED_ROWS[r["row"]])
         ax.set_title(f"{target}: valid NDCG@10 vs wall-clock (seed {SEEDS[0]})")
         ax.set_xlabel("seconds of training + validation (1 CPU thread)")
         ax.set_ylabel("valid NDCG@10")

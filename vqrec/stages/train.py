@@ -22,7 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vqrec.core.train_config import FINETUNE_LR, MODES, TrainConfig, finetune_config
+from vqrec.core.train_config import (
+    FINETUNE_LR,
+    MODES,
+    TrainConfig,
+    finetune_config,
+    finetune_defaults,
+)
 from vqrec.lake.store import (
     LakeError,
     default_version,
@@ -467,8 +473,8 @@ def main_finetune(argv: list[str] | None = None) -> int:
         lake = lake_root(args.lake)
         domain = validate_name(args.domain, "domain")
         version = validate_name(args.version or default_version(), "version")
-        if args.lr is None:
-            args.lr = FINETUNE_LR[args.mode]
+        if args.lr is None:  # the mode's lr: one rule with finetune_config and the pipeline
+            args.lr = finetune_defaults(args.mode)["lr"]
         cfg = _train_config(args, names)
         model_cfg = _model_config(args, item_encoder=args.item_encoder)
         _check_input_versions(args)
