@@ -83,6 +83,7 @@ PRETRAIN_FLAGS = [
 BACKBONE_STOP = "probe/ndcg@10"
 
 TRANSDUCTIVE = '{"transductive": true}'
+TRANSDUCTIVE_FLAGS = ["--mode", "transfer", "--model-config", TRANSDUCTIVE]
 
 
 def model_config(**fields: float) -> list[str]:
@@ -106,7 +107,10 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "vq-scratch": (SCRATCH, "domain"),
     "vq-transfer": (["--mode", "transfer"], "domain"),
     "vq-full": (["--mode", "full", "--lr", "3e-3"], "domain"),
-    "vq-transductive": (["--mode", "transfer", "--model-config", TRANSDUCTIVE], "domain"),
+    "vq-transductive": (TRANSDUCTIVE_FLAGS, "domain"),
+    # the transductive row's fine-tune lr (its ID rows start at zero and learn at this lr)
+    "vq-transductive-lr3e-2": ([*TRANSDUCTIVE_FLAGS, "--lr", "3e-2"], "domain"),
+    "vq-transductive-lr3e-1": ([*TRANSDUCTIVE_FLAGS, "--lr", "3e-1"], "domain"),
     # ablations of the alignment (one seed unless they decide a default)
     "vq-transfer-learned": (["--mode", "transfer", "--permutation", "learned"], "domain"),
     "vq-transfer-identity": (["--mode", "transfer", "--permutation", "identity"], "domain"),
