@@ -9,6 +9,7 @@ import pytest
 
 from vqrec.core.encoder import (
     default_model_path,
+    dimension_in_key,
     embedding_dimension,
     encode_texts,
     encoder_key,
@@ -61,6 +62,11 @@ def test_encoder_key_depends_on_model_content_and_dimension_not_on_path(tmp_path
     tokenizer_cfg = copy / "tokenizer_config.json"
     tokenizer_cfg.write_text(tokenizer_cfg.read_text() + "\n")
     assert encoder_key(copy, 384).split("-384-")[1] != key.split("-384-")[1]
+    # A key tells its dimension for its own model only (the cache folder names the width).
+    assert dimension_in_key(key, None) == 384
+    assert dimension_in_key(encoder_key(None, 256), None) == 256
+    assert dimension_in_key(key, copy) is None
+    assert dimension_in_key(key + "x", None) is None
 
     assert encoder_key("sentence-transformers/all-mpnet-base-v2", 768).startswith(
         "all-mpnet-base-v2-768-"

@@ -130,6 +130,26 @@ def test_encode_writes_the_contract_and_caches_by_text_hash(spark, lake):
     np.testing.assert_allclose(vectors, encode_texts(model, changed), atol=2e-5)
 
 
+def test_the_driver_loads_no_model(spark, lake, monkeypatch):
+    """Only the workers load the encoder: the driver reads the dimension off the vectors on a
+    fresh lake, then off the encoder's cache folder name; it loads the model only when there
+    is neither (nothing cached, nothing to encode)."""
+    driver_models: dict = {}
+    monkeypatch.setattr("vqrec.core.encoder._MODELS", driver_models)
+    write_clean(lake, "c1", {"Games": catalog(20)})
+    first = run_encode(spark, EncodeConfig(lake=str(lake), version="e1"))
+    again = run_encode(spark, EncodeConfig(lake=str(lake), version="e2"))
+    assert (first["encoded"], again["encoded"], again["reused"]) == (20, 0, 20)
+    assert first["encoder"] == again["encoder"] == encoder_key(None, 384)
+    assert first["dimension"] == again["dimension"] == 384
+    assert driver_models == {}, "the driver loaded the encoder"
+
+    write_clean(lake.parent / "other", "c1", {"Empty": []})
+    empty = run_encode(spark, EncodeConfig(lake=str(lake.parent / "other"), version="e1"))
+    assert (empty["items"], empty["dimension"]) == (0, 384)
+    assert len(driver_models) == 1  # nothing told the dimension: the model did
+
+
 def test_missing_or_broken_input_gets_a_clear_error(spark, lake, capsys):
     with pytest.raises(LakeError, match="no committed version of stage 'clean'"):
         run_encode(spark, EncodeConfig(lake=str(lake), version="e1"))

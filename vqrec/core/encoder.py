@@ -135,13 +135,28 @@ def encoder_key(name_or_path: str | os.PathLike[str] | None, dim: int) -> str:
     another venv shares the cache, a fine-tuned model does not); for a hub name it covers the
     name. Example: ``all-MiniLM-L6-v2-384-3f2a9c1b7e``.
     """
+    slug, digest = _key_parts(name_or_path)
+    return f"{slug}-{int(dim)}-{digest}"
+
+
+def dimension_in_key(key: str, name_or_path: str | os.PathLike[str] | None) -> int | None:
+    """The dimension that :func:`encoder_key` put in ``key`` when ``key`` is this model's
+    key (same name and digest), else None: an existing cache folder tells the encoder's
+    output dimension without loading the model."""
+    slug, digest = _key_parts(name_or_path)
+    match = re.fullmatch(re.escape(slug) + r"-(\d+)-" + re.escape(digest), key)
+    return int(match.group(1)) if match else None
+
+
+def _key_parts(name_or_path: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """(name slug, digest) of :func:`encoder_key`."""
     model_id = resolve_model(name_or_path)
     if Path(model_id).is_dir():
         digest = _folder_digest(model_id)
     else:
         digest = hashlib.sha1(model_id.encode()).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name(model_id)).strip("-.") or "encoder"
-    return f"{slug[:80]}-{int(dim)}-{digest[:10]}"
+    return slug[:80], digest[:10]
 
 
 def model_name(name_or_path: str | os.PathLike[str] | None) -> str:
