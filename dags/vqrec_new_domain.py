@@ -18,7 +18,6 @@ from vqrec.orchestration.airflow_support import (
     GPU_QUEUE,
     RAW_LANDING_URI,
     RETRY_ARGS,
-    encode_job,
     plan_xcom,
     spark_job,
 )
@@ -27,11 +26,11 @@ DOC = """
 ### VQ-Rec new-domain backfill
 
 Brings a new product domain online **without retraining the backbone**: cleans and
-encodes that domain (Spark), codes its items (strategy `shared`: the champion backbone's
-frozen pre-training quantizer; `domain`: its own strict quantizer, aligned with the
-pre-trained table by the matched assignment, no training), fine-tunes its lookup table on
-the champion backbone (Transformer frozen), evaluates it (full ranking) and registers
-`vqrec-<domain>` (challenger, promoted to champion when not worse).
+encodes that domain (one Spark application), codes its items (strategy `shared`: the
+champion backbone's frozen pre-training quantizer; `domain`: its own strict quantizer,
+aligned with the pre-trained table by the matched assignment, no training), fine-tunes its
+lookup table on the champion backbone (Transformer frozen), evaluates it (full ranking)
+and registers `vqrec-<domain>` (challenger, promoted to champion when not worse).
 
 Trigger it by hand with the form (domain name, raw folder, layout), or let it run when the
 asset `vqrec://raw/landed` is updated with `extra={"domain": ..., "raw_path": ...}`
@@ -69,8 +68,8 @@ def vqrec_new_domain():
         return pipeline.plan_new_domain({**params, **landed}, date, run_id).to_dict()
 
     the_plan = plan()
-    clean = spark_job(
-        "clean",
+    clean_encode = spark_job(
+        "clean_encode",
         "clean.py",
         [
             "--raw",
@@ -82,12 +81,11 @@ def vqrec_new_domain():
             "--version",
             plan_xcom("version"),
             "--no-move-current",
+            "--encode",
         ],
-        "Spark: clean the new domain only (jobs/clean.py); CURRENT stays on the nightly's.",
-    )
-    encode = encode_job(
-        "Spark: encode the new domain's item text, reusing the embedding cache.",
-        ("--no-move-current",),
+        "Spark: clean the new domain only, then encode its item text reusing the embedding "
+        "cache, in one Spark application (jobs/clean.py --encode: one JVM start for both, most "
+        "of a small domain's cost); CURRENT stays on the nightly's.",
     )
 
     @task(pool=GPU_POOL, queue=GPU_QUEUE)
@@ -110,7 +108,7 @@ def vqrec_new_domain():
         return pipeline.register_run(plan, summary, backbone=False)
 
     codes_info = codes(the_plan)
-    the_plan >> clean >> encode >> codes_info
+    the_plan >> clean_encode >> codes_info
     register(the_plan, evaluate(the_plan, finetune(the_plan, codes_info)))
 
 

@@ -294,3 +294,21 @@ def test_cli(spark, lake, noisy, capsys):
     bad.mkdir()
     assert main(["--raw", str(bad), "--lake", str(lake)]) == 2
     assert "invalid domain name" in capsys.readouterr().err
+
+
+def test_cli_encode_commits_both_stages_in_one_application(spark, lake, noisy, capsys):
+    """``--encode`` (the new-domain backfill's one Spark application): the clean version,
+    then an embeddings version of the same name over exactly its items, CURRENT left alone
+    with --no-move-current."""
+    folder = noisy[0]
+    argv = ["--raw", str(folder), "--lake", str(lake), "--user-k", "3", "--item-k", "3"]
+    assert main([*argv, "--version", "night"]) == 0
+    code = main([*argv, "--version", "Noisy-new", "--no-move-current", "--encode"])
+    assert code == 0
+    assert "3 items, 3 texts encoded, 0 reused from the cache" in capsys.readouterr().out
+    items = pq.read_table(lake / "clean" / "Noisy-new" / "items").to_pylist()
+    vectors = pq.read_table(lake / "embeddings" / "Noisy-new" / "items").to_pylist()
+    assert [r["item_id"] for r in vectors] == [r["item_id"] for r in items]
+    assert {len(r["embedding"]) for r in vectors} == {384}
+    assert (lake / "clean" / CURRENT).read_text().strip() == "night"
+    assert not (lake / "embeddings" / CURRENT).exists()

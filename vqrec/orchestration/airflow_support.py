@@ -102,10 +102,10 @@ def spark_job(task_id: str, script: str, args: list[str], doc_md: str):
     )
 
 
-def encode_job(doc_md: str, extra_args: tuple[str, ...] = ()):
+def encode_job(doc_md: str):
     """The encode stage of a run: the run's clean version -> the run's embeddings version."""
     args = ["--lake", plan_xcom("lake"), "--version", plan_xcom("version")]
-    args += ["--clean-version", plan_xcom("version"), *extra_args]
+    args += ["--clean-version", plan_xcom("version")]
     return spark_job("encode", "encode.py", args, doc_md)
 
 

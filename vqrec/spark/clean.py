@@ -45,6 +45,7 @@ from pyspark.sql import functions as F
 
 from vqrec.lake.store import LakeError, lake_root, staged_version, validate_name
 from vqrec.spark.common import canonical_parquet
+from vqrec.spark.encode import EncodeConfig, run_encode
 from vqrec.spark.failures import jvm_log_file, run_job
 from vqrec.spark.readers import (
     DomainFiles,
@@ -638,8 +639,8 @@ def _column_map(text: str) -> dict[str, str]:
     return mapping
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
-    """Flags -> (CleanConfig, Spark master or None)."""
+def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None, bool]:
+    """Flags -> (CleanConfig, Spark master or None, whether to encode afterwards)."""
     p = argparse.ArgumentParser(prog="vqrec clean", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--raw", nargs="+", metavar="DIR", help="domain folders")
@@ -663,6 +664,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
     p.add_argument("--master", default=None, help="Spark master (default local[2])")
     p.add_argument("--no-move-current", dest="move_current", action="store_false",
                    help="commit without moving CURRENT (a one-domain backfill)")  # fmt: skip
+    p.add_argument("--encode", action="store_true",
+                   help="then encode the committed items in the same Spark application, into "
+                   "an embeddings version of the same name (vqrec encode's defaults)")  # fmt: skip
     args = p.parse_args(argv)
     if args.raw_root:
         root = Path(args.raw_root)
@@ -687,7 +691,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CleanConfig, str | None]:
         column_map=args.column_map,
         max_ts=args.max_ts,
     )
-    return config, args.master
+    return config, args.master, args.encode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -699,8 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     CURRENT stays where it was. The JVM's own output (log4j, Java stacks) goes to
     ``$VQREC_LOG_DIR/spark-vqrec-clean-<time>-<pid>.log`` (default ``var/logs/`` under the
     working directory), named in the line when Spark failed.
+
+    ``--encode`` runs the encode stage (vqrec.spark.encode.run_encode) on the committed
+    version in the same Spark application: one JVM start and warm-up for both stages, which
+    is most of a small domain's cost (the new-domain backfill). Should the encode fail, the
+    clean version stays committed and a rerun replaces it.
     """
-    config, master = parse_args(argv)
+    config, master, encode = parse_args(argv)
     refused: dict[type[BaseException], int] = {MostlyBadInput: 1, ValueError: 2, LakeError: 1}
     code = run_job("vqrec clean", lambda: _validate(config), refused)
     if code:
@@ -714,6 +723,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         result.update(run_clean(spark, config))
+        if encode:
+            result["encode"] = run_encode(
+                spark,
+                EncodeConfig(
+                    lake=config.lake,
+                    version=result["version"],
+                    clean_version=result["version"],
+                    move_current=config.move_current,
+                ),
+            )
         return 0
 
     try:
@@ -729,6 +748,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"domain": domain, **_summary(report)}))
         wall = report["job_wall_time_s"]
     print(f"committed {result['path']} in {wall:.0f} s")
+    if encode:
+        summary = result["encode"]
+        print(
+            f"committed {summary['path']}: {summary['items']} items, {summary['encoded']} "
+            f"texts encoded, {summary['reused']} reused from the cache"
+        )
     return 0
 
 
