@@ -31,13 +31,15 @@ airflow dags test vqrec_new_domain "$DATE" -c "$conf" > "$work/new_domain.log" 2
 t2=$(date +%s.%N)
 
 python - "$t0" "$t1" "$t2" "$DATE" <<'PY'
-import json, subprocess, sys
+import json, os, subprocess, sys
 t0, t1, t2 = map(float, sys.argv[1:4])
 nightly, new = t1 - t0, t2 - t1
 commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
                         text=True).stdout.strip()
+# The 1-minute load average at the end: the machine is shared, so say how loaded it was.
 doc = {"date": sys.argv[4], "nightly_s": round(nightly, 1), "new_domain_s": round(new, 1),
-       "ratio": round(new / nightly, 3), "commit": commit}
+       "ratio": round(new / nightly, 3), "commit": commit,
+       "load_1min": round(os.getloadavg()[0], 1)}
 print(f"nightly {nightly:.0f} s, new domain (Toys) {new:.0f} s: {new / nightly:.2f}x")
 with open("benchmarks/results/new_domain_demo.json", "w") as f:
     json.dump(doc, f, indent=1)
