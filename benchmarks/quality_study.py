@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -274,28 +275,48 @@ def backbone_version(target: str) -> str:
     return "backbone-" + "-".join(d.lower() for d in SPLIT[target])
 
 
-def pretrain(target: str, cap_min: float) -> None:
-    """Pre-train (or resume) the target's backbone; its curve -> results/backbone-<t>.json."""
+def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
+    """Pre-train (or resume) the target's backbone; its curve -> results/backbone-<t>.json.
+
+    ``replay``: rebuild the backbone recorded in results/backbone-<t>.json without its
+    probes, by pre-training exactly its kept number of epochs (a probe restores the RNG
+    states, vqrec.core.trainer.transfer_probe, so a probed run pre-trains as an unprobed
+    one): a fraction of the time on a lake rebuilt from the same data, and refused unless
+    the weights come out identical (same sha1) to the recorded ones.
+    """
     from vqrec.stages.train import main_pretrain
 
     version = backbone_version(target)
     if not _committed("models", version):
         t0 = time.time()
-        rc = main_pretrain(
-            ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
-            + ["--no-mlflow"]  # the study's record is quality.jsonl; no MLflow store to race on
-            + ["--version", version, "--codes-version", f"{target.lower()}-domain"]
-            + ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
-            + ["--probe-domain", target, "--embeddings-version", "reference"]
-            + PRETRAIN_FLAGS
-        )
+        common = ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress"]
+        common += ["--no-mlflow"]  # the study's record is quality.jsonl; no MLflow store to race on
+        common += ["--version", version, "--codes-version", f"{target.lower()}-domain"]
+        common += ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
+        common += ["--embeddings-version", "reference"]
+        recorded = _recorded_backbone(target)
+        if replay:
+            if recorded is None or not recorded.get("sha1"):
+                raise SystemExit(f"no recorded backbone of {target} to replay (run without it)")
+            epochs = PRETRAIN_FLAGS.index("--epochs") + 1
+            flags = PRETRAIN_FLAGS[:epochs] + [str(recorded["best_epoch"])]
+            rc = main_pretrain(common + flags + PRETRAIN_FLAGS[epochs + 1 :])
+        else:
+            rc = main_pretrain(common + ["--resume", "--probe-domain", target] + PRETRAIN_FLAGS)
         if rc:
             raise SystemExit(rc)
         print(f"pre-training {version}: {time.time() - t0:.0f} s this run", flush=True)
+        if replay and _backbone_sha1(_backbone_folder(target)) != recorded["sha1"]:
+            got = _backbone_sha1(_backbone_folder(target))
+            shutil.rmtree(resolve_version(LAKE, "models", version))
+            raise SystemExit(
+                f"the replay of {version} gave weights {got}, not the recorded "
+                f"{recorded['sha1']} (other data or code?): removed; pre-train without --replay"
+            )
     out = RESULTS_DIR / f"backbone-{target}.json"
     folder = _backbone_folder(target)
     sha1 = _backbone_sha1(folder)
-    if not out.exists() or json.loads(out.read_text()).get("sha1") != sha1:
+    if (_recorded_backbone(target) or {}).get("sha1") != sha1:
         metrics = json.loads((folder / "metrics.json").read_text())
         doc = {
             "version": version,
@@ -330,25 +351,35 @@ def _backbone_sha1(folder: Path) -> str:
     return hashlib.sha1((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
+def _recorded_backbone(target: str) -> dict | None:
+    """results/backbone-<t>.json: the study's current backbone of ``target`` and its curve."""
+    doc = RESULTS_DIR / f"backbone-{target}.json"
+    return json.loads(doc.read_text()) if doc.exists() else None
+
+
 def _backbone_record(target: str) -> dict:
-    """What a transferred row's record says of its backbone: version, weights, epoch kept, rule."""
+    """What a transferred row's record says of its backbone: version, weights, epoch kept, rule
+    (those of the recorded curve when the weights are its own: a replayed backbone's
+    metrics.json knows nothing of the probes that chose its epoch)."""
     folder = _backbone_folder(target)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    stop = BACKBONE_STOP if BACKBONE_STOP in metrics["valid"] else "ndcg@10"
-    return {"version": folder.parent.name, "sha1": _backbone_sha1(folder)} | {
-        "best_epoch": metrics["best_epoch"],
-        "early_stop": stop,
+    sha1 = _backbone_sha1(folder)
+    recorded = _recorded_backbone(target)
+    if recorded is not None and recorded.get("sha1") == sha1:
+        source = recorded
+    else:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        stop = BACKBONE_STOP if BACKBONE_STOP in metrics["valid"] else "ndcg@10"
+        source = {"best_epoch": metrics["best_epoch"], "early_stop": stop}
+    return {"version": folder.parent.name, "sha1": sha1} | {
+        "best_epoch": source["best_epoch"],
+        "early_stop": source["early_stop"],
     }
 
 
 def _current_backbones() -> dict[str, str | None]:
     """Target -> the sha1 of the backbone in results/backbone-<t>.json (the study's current
     one; None for a curve written before the sha1 was recorded)."""
-    out = {}
-    for target in SPLIT:
-        doc = RESULTS_DIR / f"backbone-{target}.json"
-        out[target] = json.loads(doc.read_text()).get("sha1") if doc.exists() else None
-    return out
+    return {target: (_recorded_backbone(target) or {}).get("sha1") for target in SPLIT}
 
 
 def label(record: dict, current: dict[str, str | None] | None = None) -> str:
@@ -456,7 +487,7 @@ def run(args: argparse.Namespace) -> None:
     jobs = plan(targets, rows, args.seeds)
     for target in targets:  # a backbone only where a row transfers
         if any(t == target and "scratch" not in ROWS[r][0] for r, t, _ in jobs):
-            pretrain(target, args.safety_cap_min)
+            pretrain(target, args.safety_cap_min, args.replay)
     extra = json.loads(args.extra) if args.extra else []
     for row, target, seed in jobs:
         if (row, target, seed) in finished():
@@ -559,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--extra", default="", help="JSON list of extra finetune flags")
     parser.add_argument("--safety-cap-min", type=float, default=120.0)
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="rebuild a missing backbone by replaying the recorded one's kept epochs without "
+        "probes (refused unless its weights come out identical)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "time_to_quality.png")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -571,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "pretrain":
         prepare()
         for target in [args.target] if args.target != "all" else list(SPLIT):
-            pretrain(target, args.safety_cap_min)
+            pretrain(target, args.safety_cap_min, args.replay)
     elif args.command == "run":
         run(args)
     elif args.command == "plot":
