@@ -28,6 +28,7 @@ their records and show in the table as ``<row> (bb: valid)``.
     python benchmarks/quality_study.py run --target Scientific --rows vq-transfer --seeds 1
     python benchmarks/quality_study.py table               # mean ± std per row vs anchors
     python benchmarks/quality_study.py plot                # valid N@10 vs wall-clock
+    python benchmarks/quality_study.py run --replay        # lost lake: replay the backbones
 
 Only a safety cap bounds a training (``--safety-cap-min``); early stopping ends it.
 """
