@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
         lake = Path(tmp)
         write_clean(lake, args.domain, texts)
+        t0 = time.perf_counter()
+        load_encoder(model_id)  # the driver reads the model's dimension
+        print(f"driver model load      {time.perf_counter() - t0:7.1f} s")
         warm = warm_up(spark, model_id, args.batch_size)
         print(f"warm-up (workers+model) {warm:6.1f} s  ({load()})")
 

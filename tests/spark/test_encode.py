@@ -130,24 +130,21 @@ def test_encode_writes_the_contract_and_caches_by_text_hash(spark, lake):
     np.testing.assert_allclose(vectors, encode_texts(model, changed), atol=2e-5)
 
 
-def test_the_driver_loads_no_model(spark, lake, monkeypatch):
-    """Only the workers load the encoder: the driver reads the dimension off the vectors on a
-    fresh lake, then off the encoder's cache folder name; it loads the model only when there
-    is neither (nothing cached, nothing to encode)."""
+def test_the_driver_loads_the_model_only_for_an_encoder_new_to_the_lake(spark, lake, monkeypatch):
+    """The workers encode. The driver loads the model once per lake and encoder, for its
+    dimension (a broken model then fails in one line, below); later runs read the dimension
+    off the encoder's cache folder name."""
     driver_models: dict = {}
     monkeypatch.setattr("vqrec.core.encoder._MODELS", driver_models)
     write_clean(lake, "c1", {"Games": catalog(20)})
     first = run_encode(spark, EncodeConfig(lake=str(lake), version="e1"))
+    assert len(driver_models) == 1
+    driver_models.clear()
     again = run_encode(spark, EncodeConfig(lake=str(lake), version="e2"))
+    assert driver_models == {}, "the driver loaded the encoder again"
     assert (first["encoded"], again["encoded"], again["reused"]) == (20, 0, 20)
     assert first["encoder"] == again["encoder"] == encoder_key(None, 384)
     assert first["dimension"] == again["dimension"] == 384
-    assert driver_models == {}, "the driver loaded the encoder"
-
-    write_clean(lake.parent / "other", "c1", {"Empty": []})
-    empty = run_encode(spark, EncodeConfig(lake=str(lake.parent / "other"), version="e1"))
-    assert (empty["items"], empty["dimension"]) == (0, 384)
-    assert len(driver_models) == 1  # nothing told the dimension: the model did
 
 
 def test_missing_or_broken_input_gets_a_clear_error(spark, lake, capsys):
@@ -162,6 +159,12 @@ def test_missing_or_broken_input_gets_a_clear_error(spark, lake, capsys):
         run_encode(spark, EncodeConfig(lake=str(lake), version="e1", domains=["Nope"]))
     with pytest.raises(LakeError, match=r"no version 'c9' of stage 'clean' .* \(have: c1\)"):
         run_encode(spark, EncodeConfig(lake=str(lake), version="e1", clean_version="c9"))
+
+    # A model folder that is not a sentence-transformers model: one line, before Spark works.
+    not_a_model = lake.parent / "not-a-model"
+    not_a_model.mkdir()
+    assert main(["--lake", str(lake), "--version", "e1", "--model", str(not_a_model)]) == 2
+    assert "cannot load sentence-transformers model" in capsys.readouterr().err
 
     # A hash that is not sha1(text) would poison the cache: refused, naming the item.
     with staged_version(lake, "clean", "bad") as out:

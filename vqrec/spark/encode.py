@@ -267,8 +267,9 @@ def _texts_to_encode(items: DataFrame, cached: DataFrame | None) -> tuple[DataFr
 def _cached_dimension(cache_root: Path, model_id: str) -> int | None:
     """The output dimension named by this encoder's cache folder in the lake (see
     vqrec.core.encoder.encoder_key), or None when the lake has never cached it."""
-    for folder in sorted(cache_root.iterdir()):
-        dim = dimension_in_key(folder.name, model_id) if folder.is_dir() else None
+    folders = sorted(p for p in cache_root.iterdir() if p.is_dir()) if cache_root.is_dir() else []
+    for folder in folders:
+        dim = dimension_in_key(folder.name, model_id)
         if dim is not None:
             return dim
     return None
@@ -280,12 +281,10 @@ def _encode_texts(
     n_todo: int,
     model_id: str,
     config: EncodeConfig,
-    cache_root: Path,
-    dim: int | None,
-) -> tuple[int, str, float, int]:
-    """Encode ``todo`` on the executors into one new cache file of this encoder's folder
-    under ``cache_root``: (texts encoded, the file's name, seconds spent encoding, the
-    vectors' dimension, read off them when ``dim`` is None)."""
+    cache_dir: Path,
+) -> tuple[int, str, float]:
+    """Encode ``todo`` on the executors into one new cache file of ``cache_dir``:
+    (texts encoded, the file's name, seconds spent encoding)."""
     partitions = config.partitions or 2 * spark.sparkContext.defaultParallelism
     partitions = max(1, min(partitions, -(-n_todo // config.batch_size)))
     # Hash-partitioned for balanced tasks, then sorted by length (ties by hash, so batches
@@ -295,28 +294,16 @@ def _encode_texts(
         .sortWithinPartitions(F.length("text"), "text_hash")
         .mapInPandas(_encode_partition(model_id, config.batch_size), CACHE_SCHEMA)
     )
-    spark_out = cache_root / f".tmp-{uuid.uuid4().hex[:8]}"
+    spark_out = cache_dir / f".tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
         vectors.write.parquet(str(spark_out))
-        encode_seconds = time.perf_counter() - t0
-        dim = dim or _vector_width(spark_out)
-        cache_dir = cache_root / encoder_key(model_id, dim)
-        cache_dir.mkdir(exist_ok=True)
     except BaseException:
         shutil.rmtree(spark_out, ignore_errors=True)  # a failed write leaves no .tmp-* behind
         raise
+    encode_seconds = time.perf_counter() - t0
     cache_path, encoded = _commit_cache_file(spark_out, cache_dir)
-    return encoded, cache_path.name, encode_seconds, dim
-
-
-def _vector_width(spark_out: Path) -> int:
-    """The length of the first vector Spark wrote under ``spark_out``."""
-    for part in sorted(spark_out.glob("part-*.parquet")):
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=1, columns=["embedding"]):
-            if batch.num_rows:
-                return len(batch.column(0)[0])
-    raise LakeError(f"{spark_out}: the encode wrote no vector")
+    return encoded, cache_path.name, encode_seconds
 
 
 def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
@@ -335,26 +322,28 @@ def run_encode(spark: SparkSession, config: EncodeConfig) -> dict[str, Any]:
 
     model_id = resolve_model(config.model)
     cache_root = root / "embedding_cache"
-    cache_root.mkdir(parents=True, exist_ok=True)
-    # The driver loads no model when it can help it (seconds on every run; the workers load
-    # their own): the dimension comes from this encoder's cache folder, or from the vectors.
     dim = _cached_dimension(cache_root, model_id)
+    if dim is None:
+        # The first run of this encoder on this lake: the model tells its dimension (and a
+        # broken model fails here, in one line, instead of inside a Spark worker). Later
+        # runs read it off the cache folder's name and leave the loading to the workers.
+        dim = embedding_dimension(load_encoder(model_id))
+    key = encoder_key(model_id, dim)
+    cache_dir = cache_root / key
+    cache_dir.mkdir(parents=True, exist_ok=True)
 
     items = _read_items(spark, items_root, folders).cache()
     counts = _count_and_check_items(items, items_root)
     per_domain = {d: counts.get(d, 0) for d in folders}
 
-    cached = None if dim is None else _read_cache(spark, cache_root / encoder_key(model_id, dim))
+    cached = _read_cache(spark, cache_dir)
     todo, n_unique, n_todo = _texts_to_encode(items, cached)
     encoded, cache_file, encode_seconds = 0, None, 0.0
     if n_todo:
-        encoded, cache_file, encode_seconds, dim = _encode_texts(
-            spark, todo, n_todo, model_id, config, cache_root, dim
+        encoded, cache_file, encode_seconds = _encode_texts(
+            spark, todo, n_todo, model_id, config, cache_dir
         )
-        cached = _read_cache(spark, cache_root / encoder_key(model_id, dim))
-    if dim is None:  # nothing cached, nothing to encode (empty domains): ask the model
-        dim = embedding_dimension(load_encoder(model_id))
-    key = encoder_key(model_id, dim)
+        cached = _read_cache(spark, cache_dir)
     reused = n_unique - encoded
     summary: dict[str, Any] = {
         "encoder": key,
