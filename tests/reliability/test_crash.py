@@ -36,14 +36,12 @@ from tests.support.crash_harness import (
     run_cli,
     start_paused,
 )
-from tests.support.demo_lake import CODES, PRETRAIN, TARGET, copy_lake
+from tests.support.demo_lake import CODES, PRETRAIN, TARGET, TINY_TRAIN, copy_lake
 from vqrec.cli import main as vqrec
 from vqrec.core.trainer import load_checkpoint
 from vqrec.lake.store import CURRENT, SUCCESS, LakeError, resolve_part, resolve_version
 
-TINY = {"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 20}
-TRAIN = ["--no-progress", "--device", "cpu", "--batch-size", "256", "--epochs", "3"]
-TRAIN += ["--seed", "5", "--model-config", json.dumps(TINY)]
+TRAIN = [*TINY_TRAIN, "--epochs", "3"]
 FINETUNE = ["--backbone-version", "m1", "--domain", TARGET]
 FINETUNE += ["--permutation", "learned", "--permutation-epochs", "2"]
 TIMING = {"seconds", "seq_per_s", "valid_seconds"}  # wall-clock fields of a history: never equal

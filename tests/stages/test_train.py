@@ -6,13 +6,11 @@ import json
 
 import numpy as np
 
-from tests.support.demo_lake import PRETRAIN, TARGET, copy_lake
+from tests.support.demo_lake import PRETRAIN, TARGET, TINY_TRAIN, copy_lake
 from vqrec.cli import main as vqrec
 from vqrec.lake.store import resolve_version
 
-TINY = {"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 20}
-TRAIN = ["--no-progress", "--device", "cpu", "--batch-size", "256", "--seed", "5"]
-TRAIN += ["--model-config", json.dumps(TINY), "--no-mlflow"]
+TRAIN = [*TINY_TRAIN, "--no-mlflow"]
 
 
 def test_pretrain_probes_the_held_out_domain_from_the_lake(coded_demo_lake, tmp_path) -> None:

@@ -8,6 +8,7 @@ each commit version ``v1``, once per test session. Tests that write into a lake 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,10 @@ MAX_TS = "2000000000"  # fixed, so that a rerun on another day reads the same ev
 PRETRAIN, TARGET = ["Arts", "Garden"], "Toys"
 CODES = ["--pretrain-domains", ",".join(PRETRAIN), "--target-domains", TARGET]
 CODES += ["--strategy", "shared", "--code-dim", "8", "--bits", "4", "--niter", "2"]
+# `vqrec pretrain` / `finetune` flags for a tiny, seeded model on CPU (seconds per epoch).
+TINY_MODEL = {"hidden": 32, "inner": 32, "layers": 1, "heads": 1, "max_len": 20}
+TINY_TRAIN = ["--no-progress", "--device", "cpu", "--batch-size", "256", "--seed", "5"]
+TINY_TRAIN += ["--model-config", json.dumps(TINY_MODEL)]
 
 
 @pytest.fixture(scope="session")
