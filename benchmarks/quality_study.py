@@ -403,7 +403,15 @@ def label(record: dict, current: dict[str, str | None] | None = None) -> str:
     lr = record["config"]["train"]["lr"]
     if "--lr" not in flags and lr != FINETUNE_DEFAULTS["lr"]:
         notes.append(f"lr {lr:g}")
+    if _capped(record):
+        notes.append("capped")
     return f"{record['row']} ({', '.join(notes)})" if notes else record["row"]
+
+
+def _capped(record: dict) -> bool:
+    """A row stopped by the safety cap, not by early stopping: its test figure is that of
+    its best valid epoch so far, and the row is not finished (a later run trains it again)."""
+    return record.get("stopped_by", "").startswith("time budget")
 
 
 def finished() -> set[tuple[str, str, int]]:
