@@ -288,6 +288,8 @@ def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
     from vqrec.stages.train import main_pretrain
 
     version = backbone_version(target)
+    recorded = _recorded_backbone(target) or {}
+    replayed = False
     if not _committed("models", version):
         t0 = time.time()
         common = ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress"]
@@ -295,29 +297,28 @@ def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
         common += ["--version", version, "--codes-version", f"{target.lower()}-domain"]
         common += ["--domains", ",".join(SPLIT[target]), "--time-budget-min", str(cap_min)]
         common += ["--embeddings-version", "reference"]
-        recorded = _recorded_backbone(target)
         if replay:
-            if recorded is None or not recorded.get("sha1"):
+            if not recorded.get("sha1"):
                 raise SystemExit(f"no recorded backbone of {target} to replay (run without it)")
             epochs = PRETRAIN_FLAGS.index("--epochs") + 1
             flags = PRETRAIN_FLAGS[:epochs] + [str(recorded["best_epoch"])]
             rc = main_pretrain(common + flags + PRETRAIN_FLAGS[epochs + 1 :])
+            replayed = True
         else:
             rc = main_pretrain(common + ["--resume", "--probe-domain", target] + PRETRAIN_FLAGS)
         if rc:
             raise SystemExit(rc)
         print(f"pre-training {version}: {time.time() - t0:.0f} s this run", flush=True)
-        if replay and _backbone_sha1(_backbone_folder(target)) != recorded["sha1"]:
-            got = _backbone_sha1(_backbone_folder(target))
-            shutil.rmtree(resolve_version(LAKE, "models", version))
-            raise SystemExit(
-                f"the replay of {version} gave weights {got}, not the recorded "
-                f"{recorded['sha1']} (other data or code?): removed; pre-train without --replay"
-            )
     out = RESULTS_DIR / f"backbone-{target}.json"
     folder = _backbone_folder(target)
     sha1 = _backbone_sha1(folder)
-    if (_recorded_backbone(target) or {}).get("sha1") != sha1:
+    if replayed and sha1 != recorded["sha1"]:
+        shutil.rmtree(folder.parent)
+        raise SystemExit(
+            f"the replay of {version} gave weights {sha1}, not the recorded "
+            f"{recorded['sha1']} (other data or code?): removed; pre-train without --replay"
+        )
+    if recorded.get("sha1") != sha1:
         metrics = json.loads((folder / "metrics.json").read_text())
         doc = {
             "version": version,
