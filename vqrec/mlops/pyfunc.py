@@ -226,7 +226,9 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
         ks: list[int],
     ) -> tuple[list[list[str]], list[list[float]]]:
         """Top-k ids and scores of every row with a history (others stay empty): the model
-        scores the whole (extended) table, 256 rows at a time."""
+        scores the whole (extended) table, 256 rows at a time; what a row may not get (the
+        padding, other rows' new items, its history when ``exclude``) is set to -inf in
+        place, then :func:`top_k` picks."""
         import torch
 
         n_rows = len(histories)
@@ -244,20 +246,18 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
             with torch.no_grad():
                 seq = self.model.encode(hist, lengths, history_emb=table[hist])
                 scores = self.model.score(seq, table)
+            own = _cells([list(new_per_row[r].values()) for r in chunk])
+            own_scores = scores[own]
             scores[:, 0] = -torch.inf  # padding
-            for i, r in enumerate(chunk):
-                allowed = torch.zeros(len(table), dtype=torch.bool)
-                allowed[1:n_known] = bool(self.bundle.get("catalogue", True))
-                allowed[list(new_per_row[r].values())] = True
-                if exclude[r]:
-                    allowed[histories[r]] = False
-                row_scores = scores[i].masked_fill(~allowed, -torch.inf)
-                k = min(ks[r], int(allowed.sum()))
-                # Stable sort: items with colliding codes tie; the smaller item_idx wins, as
-                # in vqrec.core.metrics' ranking, so answers are deterministic.
-                values, order = torch.sort(row_scores, descending=True, stable=True)
-                out_ids[r] = [str(names[j]) for j in order[:k].tolist()]
-                out_scores[r] = [float(v) for v in values[:k].tolist()]
+            if not self.bundle.get("catalogue", True):
+                scores[:, 1:n_known] = -torch.inf
+            scores[:, n_known:] = -torch.inf  # new items: each row gets back its own
+            scores[own] = own_scores
+            scores[_cells([histories[r] if exclude[r] else [] for r in chunk])] = -torch.inf
+            picked = top_k(scores, [ks[r] for r in chunk])
+            for r, (order, values) in zip(chunk, picked, strict=True):
+                out_ids[r] = [str(names[j]) for j in order]
+                out_scores[r] = values
         return out_ids, out_scores
 
     def _ks(self, df: pd.DataFrame) -> list[int]:
@@ -284,6 +284,46 @@ class VQRecRecommender(mlflow.pyfunc.PythonModel):
             return list(new_items)[:k], [0.0] * min(k, len(new_items))
         order = np.argsort(-self.popularity[1:], kind="stable")[:k] + 1
         return [str(self.item_ids[i]) for i in order], [float(self.popularity[i]) for i in order]
+
+
+def _cells(columns_per_row: list[list[int]]) -> tuple[Any, Any]:
+    """(row indices, column indices) addressing ``columns_per_row[i]`` of each row ``i``."""
+    import torch
+
+    rows = [i for i, cols in enumerate(columns_per_row) for _ in cols]
+    cols = [c for cols in columns_per_row for c in cols]
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
+def top_k(scores: Any, ks: list[int]) -> list[tuple[list[int], list[float]]]:
+    """Each row's best ``ks[i]`` columns and their scores, in the order of a stable sort by
+    (score descending, column ascending); -inf columns are never returned.
+
+    The same answer as sorting each whole row (the rule of vqrec.core.metrics: items whose
+    codes collide tie exactly, and the smaller item_idx wins), at the cost of one
+    ``torch.topk`` over the matrix: only the k + 1 best of a row are ordered, and a row
+    whose tie crosses the k-th place (the (k+1)-th best scores the same as the k-th, so
+    which tied columns get in depends on the column order) is sorted whole.
+    """
+    import torch
+
+    allowed = (scores > -torch.inf).sum(1).tolist()
+    ks = [min(k, n) for k, n in zip(ks, allowed, strict=True)]
+    width = min(scores.shape[1], max(ks, default=0) + 1)
+    best, where = torch.topk(scores, width, dim=1)
+    out = []
+    for i, k in enumerate(ks):
+        if k == 0:
+            out.append(([], []))
+            continue
+        if k < width and best[i, k] == best[i, k - 1]:
+            values, order = torch.sort(scores[i], descending=True, stable=True)
+        else:
+            columns, _ = torch.sort(where[i, :k])  # ascending, then a stable sort by score
+            values, position = torch.sort(scores[i, columns], descending=True, stable=True)
+            order = columns[position]
+        out.append((order[:k].tolist(), values[:k].tolist()))
+    return out
 
 
 def _resolve_encoder(bundle: dict[str, Any]) -> str:
