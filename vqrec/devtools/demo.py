@@ -30,6 +30,7 @@ import argparse
 import calendar
 import gzip
 import io
+import itertools
 import json
 import random
 import string
@@ -158,7 +159,7 @@ def _sequence(
     rng: random.Random,
     length: int,
     by_topic: list[list[int]],
-    weights: list[list[float]],
+    cum_weights: list[list[float]],
     next_in_series: dict[int, int],
     cfg: DemoConfig,
 ) -> list[int]:
@@ -172,7 +173,7 @@ def _sequence(
             continue
         if last is not None:
             topic = _next_topic(rng, topic, cfg)
-        item = rng.choices(by_topic[topic], weights=weights[topic])[0]
+        item = rng.choices(by_topic[topic], cum_weights=cum_weights[topic])[0]
         if item != last:
             seq.append(item)
     return seq
@@ -193,12 +194,15 @@ def _domain(rng: random.Random, domain: str, n_users: int, cfg: DemoConfig, take
     by_topic: list[list[int]] = [[] for _ in TOPIC_NAMES]
     for i, item in enumerate(items):
         by_topic[topic_index[item["topic"]]].append(i)
-    # Zipf-like popularity inside each topic, in a random order of the topic's items.
-    weights = []
+    # Zipf-like popularity inside each topic, in a random order of the topic's items. Drawn
+    # from cumulative weights computed once: ``choices(weights=...)`` accumulates them on
+    # every call, which made generating quadratic (events x items) at the cost curve's sizes;
+    # the draws (one random() and a bisect each) and so the files are the same.
+    cum_weights = []
     for members in by_topic:
         ranks = list(range(1, len(members) + 1))
         rng.shuffle(ranks)
-        weights.append([1.0 / r**0.8 for r in ranks])
+        cum_weights.append(list(itertools.accumulate(1.0 / r**0.8 for r in ranks)))
     next_in_series = {
         i: i + 1 for i in range(len(items) - 1) if items[i + 1]["series"] == items[i]["series"]
     }
@@ -214,7 +218,7 @@ def _domain(rng: random.Random, domain: str, n_users: int, cfg: DemoConfig, take
         else:
             length = rng.randint(*cfg.seq_len)
         ts = t_start + rng.randrange(0, 2 * 365 * 86400)
-        for item in _sequence(rng, length, by_topic, weights, next_in_series, cfg):
+        for item in _sequence(rng, length, by_topic, cum_weights, next_in_series, cfg):
             ts += rng.randrange(3600, 20 * 86400)  # strictly increasing per user
             events.append((items[item]["asin"], user, f"{rng.choice([3, 4, 4, 5, 5, 5])}.0", ts))
 
