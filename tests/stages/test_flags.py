@@ -162,11 +162,11 @@ def test_cli_configs_keep_their_defaults_and_old_flags(tmp_path, monkeypatch, ca
     assert seen["model"] == ModelConfig()
     argv = ["finetune", *lake, "--domain", "d", "--no-bucket", "--no-progress", "--amp"]
     argv += ["--mode", "full", "--permutation", "learned", "--model-config", '{"hidden": 64}']
-    argv += ["--item-encoder", "id", "--time-budget-min", "1.5"]
+    argv += ["--item-encoder", "id", "--time-budget-min", "1.5", "--valid-rows", "100"]
     seen = _captured_configs(monkeypatch, argv)
     assert seen["cfg"] == finetune_config(
         mode="full", permutation="learned", bucket=False, progress=False, amp=True,
-        time_budget_min=1.5,
+        time_budget_min=1.5, valid_rows=100,
     )  # fmt: skip
     assert seen["model"] == ModelConfig(hidden=64, item_encoder="id")
     seen = _captured_configs(monkeypatch, ["pretrain", *lake, "--domains", "a, b"])

@@ -439,7 +439,7 @@ def main_finetune(argv: list[str] | None = None) -> int:
     names = _add_train_flags(
         parser,
         finetune_config(),  # FINETUNE_DEFAULTS over TrainConfig's
-        ("mode", "permutation", "permutation_epochs", "negatives"),
+        ("mode", "permutation", "permutation_epochs", "negatives", "valid_rows"),
         overrides={
             "mode": {"choices": [m for m in MODES if m != "pretrain"]},
             "lr": {
