@@ -521,12 +521,16 @@ def _records() -> list[dict]:
 
 
 def table() -> None:
-    """Mean ± std over seeds of each (target, row), beside the published anchors."""
+    """Mean ± std over seeds of each (target, row), beside the published anchors.
+
+    A seed counts once per row: a later record of the same (target, label, seed), e.g. a
+    row capped twice, replaces the earlier one instead of passing for another seed."""
     keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
-    groups: dict[tuple[str, str], list[dict]] = {}
+    by_seed: dict[tuple[str, str], dict[int, dict]] = {}
     current = _current_backbones()
     for r in _records():
-        groups.setdefault((r["domain"], label(r, current)), []).append(r)
+        by_seed.setdefault((r["domain"], label(r, current)), {})[r["seed"]] = r
+    groups = {key: list(seeds.values()) for key, seeds in by_seed.items()}
     for target in SPLIT:
         names = [row for (t, row) in groups if t == target]
         if not names:
