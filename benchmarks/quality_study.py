@@ -19,7 +19,9 @@ same code path as ``vqrec finetune`` (resumable too).
 
 Every finished row is appended to ``benchmarks/results/quality.jsonl`` (one JSON object:
 row, domain, seed, config, backbone, epochs, best_epoch, valid, test, wall_s, commit,
-curve); a row already there is skipped, so a stopped study resumes where it was. The
+curve, test_ranks); a row already there is skipped, so a stopped study resumes where it
+was. Each finished row's per-user test ranks go to ``benchmarks/results/ranks/`` (``compare``
+prints two rows' paired differences with their standard errors). The
 backbone's curve goes to ``benchmarks/results/backbone-<target>.json``. Rows recorded with
 a backbone stopped on pre-training's own valid (before 2026-12-05, third session) keep
 their records and show in the table as ``<row> (bb: valid)``.
@@ -28,6 +30,8 @@ their records and show in the table as ``<row> (bb: valid)``.
     python benchmarks/quality_study.py run --target Scientific --rows vq-transfer --seeds 1
     python benchmarks/quality_study.py table               # mean ± std per row vs anchors
     python benchmarks/quality_study.py plot                # valid N@10 vs wall-clock
+    python benchmarks/quality_study.py ranks --target Beauty   # per-user test ranks (lake models)
+    python benchmarks/quality_study.py compare --target Beauty --rows vq-transfer,vq-scratch
     python benchmarks/quality_study.py run --replay        # lost lake: replay the backbones
 
 Only a safety cap bounds a training (``--safety-cap-min``); early stopping ends it.
@@ -59,6 +63,7 @@ WORK = ROOT / "var" / "quality"
 LAKE = WORK / "lake"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESULTS = RESULTS_DIR / "quality.jsonl"
+RANKS_DIR = RESULTS_DIR / "ranks"  # per-user test ranks of finished rows (compare)
 DOMAINS = ("Games", "Beauty", "Scientific")
 # target -> the domains its backbone is pre-trained on
 SPLIT = {"Scientific": ("Games", "Beauty"), "Beauty": ("Games", "Scientific")}
@@ -503,6 +508,7 @@ def run(args: argparse.Namespace) -> None:
         if (row, target, seed) in finished():
             continue
         record = train_row(row, target, seed, extra, args.safety_cap_min)
+        record["test_ranks"] = save_ranks(record).name
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -518,6 +524,88 @@ def _records() -> list[dict]:
     if not RESULTS.exists():
         return []
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def ranks_path(row: str, target: str, seed: int) -> Path:
+    return RANKS_DIR / f"{target}-{row}-s{seed}.npz"
+
+
+def save_ranks(record: dict) -> Path:
+    """Every test user's 0-based full-ranking rank of the target under the model of
+    ``record`` (in the study's lake), saved beside the results so two rows can be compared
+    user by user (:func:`compare`), with the record's label. Refused unless the ranks give
+    the record's test metrics, so a file always belongs to the model behind its figures."""
+    from vqrec.core.metrics import EvalConfig, metrics_from_ranks, rank_targets
+    from vqrec.lake.models import load_domain_model
+    from vqrec.lake.tables import load_domain
+
+    row, target, seed = record["row"], record["domain"], record["seed"]
+    folder = resolve_version(LAKE, "models", f"{target.lower()}-{row}-s{seed}")
+    model, _ = load_domain_model(folder / "domains" / target)
+    test = load_domain(LAKE, target, "reference", need_codes=False).splits["test"]
+    ranks = rank_targets(model, test, config=EvalConfig(max_len=model.config.max_len))
+    got = metrics_from_ranks(ranks)
+    if any(abs(got[k] - record["test"][k]) > 1e-6 for k in got):
+        raise SystemExit(f"{folder}: its test ranks give {got}, the record {record['test']}")
+    path = ranks_path(row, target, seed)
+    RANKS_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        users=test.users.astype(np.int32),
+        ranks=ranks.astype(np.int32),
+        label=np.array(label(record, _current_backbones())),
+    )
+    print(f"{path.name}: {len(ranks):,} test users, ndcg@10 {got['ndcg@10']:.4f}", flush=True)
+    return path
+
+
+def rank_rows(target: str, rows: list[str]) -> None:
+    """Save the test ranks of the latest record of every row (of ``rows``; all when empty)
+    and seed of ``target`` whose model is still in the study's lake (var/ does not survive
+    a new machine: rows trained elsewhere have none)."""
+    latest = {(r["row"], r["seed"]): r for r in _records() if r["domain"] == target}
+    for (row, seed), record in sorted(latest.items()):
+        if rows and row not in rows:
+            continue
+        if find_version(LAKE, "models", f"{target.lower()}-{row}-s{seed}"):
+            save_ranks(record)
+        else:
+            print(f"{row} seed {seed}: its model is not in {LAKE}", flush=True)
+
+
+def _per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """One user's recall@k (a hit) or ndcg@k from the target's 0-based rank."""
+    name, k = metric.split("@")
+    hit = (ranks < int(k)).astype(np.float64)
+    return hit if name == "recall" else hit / np.log2(ranks + 2.0)
+
+
+def compare(target: str, first: str, second: str) -> None:
+    """Test metric of row ``first`` minus row ``second``, user by user, per shared seed: the
+    difference and its paired standard error (both rows ranked the same test users, so the
+    users' own difficulty cancels; a difference of ~2 standard errors or more is one the
+    test set can tell)."""
+    keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+    shown = 0
+    for seed in SEEDS:
+        paths = [ranks_path(row, target, seed) for row in (first, second)]
+        if not all(p.exists() for p in paths):
+            continue
+        a, b = (np.load(p) for p in paths)
+        if not np.array_equal(a["users"], b["users"]):
+            raise SystemExit(f"{paths[0].name} and {paths[1].name} rank different test users")
+        n, shown = len(a["ranks"]), shown + 1
+        print(f"\n{target}, seed {seed}: {a['label']} - {b['label']}, test, {n:,} users, paired")
+        for k in keys:
+            x, y = _per_user(a["ranks"], k), _per_user(b["ranks"], k)
+            d = x - y
+            se = d.std(ddof=1) / np.sqrt(n)
+            print(
+                f"{k:>10}  {x.mean():.4f} - {y.mean():.4f} = {d.mean():+.4f} "
+                f"± {se:.4f}  ({d.mean() / se:+.1f} SE)"
+            )
+    if not shown:
+        raise SystemExit(f"no seed of {target} has test ranks of both {first} and {second}")
 
 
 def table() -> None:
@@ -596,7 +684,9 @@ def plot(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["prepare", "pretrain", "run", "table", "plot"])
+    parser.add_argument(
+        "command", choices=["prepare", "pretrain", "run", "table", "plot", "ranks", "compare"]
+    )
     parser.add_argument("--target", default="all", choices=["all", *SPLIT])
     parser.add_argument("--rows", default="", help="comma-separated row names (default: plan)")
     parser.add_argument(
@@ -627,6 +717,14 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     elif args.command == "plot":
         plot(args.out)
+    elif args.command == "ranks":
+        for target in [args.target] if args.target != "all" else list(SPLIT):
+            rank_rows(target, [r for r in args.rows.split(",") if r])
+    elif args.command == "compare":
+        rows = [r for r in args.rows.split(",") if r]
+        if len(rows) != 2 or args.target == "all":
+            raise SystemExit("compare: give --target T --rows FIRST,SECOND")
+        compare(args.target, *rows)
     else:
         table()
     return 0
