@@ -64,6 +64,7 @@ LAKE = WORK / "lake"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESULTS = RESULTS_DIR / "quality.jsonl"
 RANKS_DIR = RESULTS_DIR / "ranks"  # per-user test ranks of finished rows (compare)
+METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")  # as the table and compare show them
 DOMAINS = ("Games", "Beauty", "Scientific")
 # target -> the domains its backbone is pre-trained on
 SPLIT = {"Scientific": ("Games", "Beauty"), "Beauty": ("Games", "Scientific")}
@@ -426,12 +427,17 @@ def finished() -> set[tuple[str, str, int]]:
     return {(r["row"], r["domain"], r["seed"]) for r in _records() if label(r, current) == r["row"]}
 
 
+def row_version(row: str, target: str, seed: int) -> str:
+    """The models version (in the study's lake) of one row, target and seed."""
+    return f"{target.lower()}-{row}-s{seed}"
+
+
 def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float) -> dict:
     """Fine-tune one row for one seed (resumable) and return its result record."""
     from vqrec.stages.train import main_finetune
 
     flags, strategy = ROWS[row]
-    version = f"{target.lower()}-{row}-s{seed}"
+    version = row_version(row, target, seed)
     t0 = time.time()
     rc = main_finetune(
         ["--lake", str(LAKE), "--clean-version", "reference", "--no-progress", "--resume"]
@@ -540,7 +546,7 @@ def save_ranks(record: dict) -> Path:
     from vqrec.lake.tables import load_domain
 
     row, target, seed = record["row"], record["domain"], record["seed"]
-    folder = resolve_version(LAKE, "models", f"{target.lower()}-{row}-s{seed}")
+    folder = resolve_version(LAKE, "models", row_version(row, target, seed))
     model, _ = load_domain_model(folder / "domains" / target)
     test = load_domain(LAKE, target, "reference", need_codes=False).splits["test"]
     ranks = rank_targets(model, test, config=EvalConfig(max_len=model.config.max_len))
@@ -567,7 +573,7 @@ def rank_rows(target: str, rows: list[str]) -> None:
     for (row, seed), record in sorted(latest.items()):
         if rows and row not in rows:
             continue
-        if find_version(LAKE, "models", f"{target.lower()}-{row}-s{seed}"):
+        if find_version(LAKE, "models", row_version(row, target, seed)):
             save_ranks(record)
         else:
             print(f"{row} seed {seed}: its model is not in {LAKE}", flush=True)
@@ -585,7 +591,6 @@ def compare(target: str, first: str, second: str) -> None:
     difference and its paired standard error (both rows ranked the same test users, so the
     users' own difficulty cancels; a difference of ~2 standard errors or more is one the
     test set can tell)."""
-    keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
     shown = 0
     for seed in SEEDS:
         paths = [ranks_path(row, target, seed) for row in (first, second)]
@@ -596,7 +601,7 @@ def compare(target: str, first: str, second: str) -> None:
             raise SystemExit(f"{paths[0].name} and {paths[1].name} rank different test users")
         n, shown = len(a["ranks"]), shown + 1
         print(f"\n{target}, seed {seed}: {a['label']} - {b['label']}, test, {n:,} users, paired")
-        for k in keys:
+        for k in METRICS:
             x, y = _per_user(a["ranks"], k), _per_user(b["ranks"], k)
             d = x - y
             se = d.std(ddof=1) / np.sqrt(n)
@@ -613,7 +618,6 @@ def table() -> None:
 
     A seed counts once per row: a later record of the same (target, label, seed), e.g. a
     row capped twice, replaces the earlier one instead of passing for another seed."""
-    keys = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
     by_seed: dict[tuple[str, str], dict[int, dict]] = {}
     current = _current_backbones()
     for r in _records():
@@ -625,18 +629,19 @@ def table() -> None:
             continue
         print(f"\n{target} (backbone: {' + '.join(SPLIT[target])}), test, mean ± std over seeds")
         width = max(44, *(len(n) + 1 for n in names))
-        print(f"{'row':<{width}}{'n':>2} " + "".join(f"{k:>17}" for k in keys) + f"{'wall_s':>8}")
+        header = "".join(f"{k:>17}" for k in METRICS)
+        print(f"{'row':<{width}}{'n':>2} {header}{'wall_s':>8}")
         order = list(ROWS)
         for row in sorted(names, key=lambda n: (n != n.split()[0], order.index(n.split()[0]), n)):
             recs = groups[(target, row)]
             cells = ""
-            for k in keys:
+            for k in METRICS:
                 v = np.array([r["test"][k] for r in recs])
                 cells += f"{v.mean():9.4f} ±{v.std():.4f}" if len(v) > 1 else f"{v[0]:17.4f}"
             wall = np.mean([r["wall_s"] for r in recs])
             print(f"{row:<{width}}{len(recs):>2} {cells}{wall:8.0f}")
         for name, anchor in ANCHORS.get(target, {}).items():
-            cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in keys)
+            cells = "".join(f"{anchor[k]:17.4f}" if k in anchor else f"{'':>17}" for k in METRICS)
             print(f"{name:<{width + 3}}{cells}")
 
 
