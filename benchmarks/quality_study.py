@@ -579,18 +579,13 @@ def rank_rows(target: str, rows: list[str]) -> None:
             print(f"{row} seed {seed}: its model is not in {LAKE}", flush=True)
 
 
-def _per_user(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """One user's recall@k (a hit) or ndcg@k from the target's 0-based rank."""
-    name, k = metric.split("@")
-    hit = (ranks < int(k)).astype(np.float64)
-    return hit if name == "recall" else hit / np.log2(ranks + 2.0)
-
-
 def compare(target: str, first: str, second: str) -> None:
     """Test metric of row ``first`` minus row ``second``, user by user, per shared seed: the
     difference and its paired standard error (both rows ranked the same test users, so the
     users' own difficulty cancels; a difference of ~2 standard errors or more is one the
     test set can tell)."""
+    from vqrec.core.metrics import per_user_metric
+
     shown = 0
     for seed in SEEDS:
         paths = [ranks_path(row, target, seed) for row in (first, second)]
@@ -602,7 +597,7 @@ def compare(target: str, first: str, second: str) -> None:
         n, shown = len(a["ranks"]), shown + 1
         print(f"\n{target}, seed {seed}: {a['label']} - {b['label']}, test, {n:,} users, paired")
         for k in METRICS:
-            x, y = _per_user(a["ranks"], k), _per_user(b["ranks"], k)
+            x, y = per_user_metric(a["ranks"], k), per_user_metric(b["ranks"], k)
             d = x - y
             se = d.std(ddof=1) / np.sqrt(n)
             print(

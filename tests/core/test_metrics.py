@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from vqrec.core.metrics import metrics_from_ranks, popularity_metrics, ranks_from_scores
+from vqrec.core.metrics import (
+    metrics_from_ranks,
+    per_user_metric,
+    popularity_metrics,
+    ranks_from_scores,
+)
 from vqrec.core.sequences import Sequences
 
 
@@ -35,6 +41,18 @@ def test_metrics_match_brute_force_with_ties() -> None:
     for key, value in want.items():
         assert abs(got[key] - value) < 1e-9, key
     assert 0 < got["recall@10"] < got["recall@50"] < 1
+
+
+def test_per_user_metric_is_what_the_means_average() -> None:
+    ranks = np.array([0, 3, 9, 10, 60])
+    assert per_user_metric(ranks, "recall@10").tolist() == [1, 1, 1, 0, 0]
+    ndcg = per_user_metric(ranks, "ndcg@10")
+    assert ndcg[0] == 1.0 and ndcg[1] == 1 / math.log2(5) and ndcg[3:].tolist() == [0, 0]
+    means = metrics_from_ranks(ranks, ks=(10, 50))
+    for key, value in means.items():
+        assert per_user_metric(ranks, key).mean() == value
+    with pytest.raises(ValueError, match="recall@k or ndcg@k"):
+        per_user_metric(ranks, "mrr@10")
 
 
 def test_rank_counts_strictly_higher_and_earlier_ties() -> None:

@@ -50,14 +50,26 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.LongTensor) -> torch.
     return higher + tied_before
 
 
+def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each row's ``recall@k`` (1 for a hit, else 0) or ``ndcg@k`` from its 0-based rank:
+    the values :func:`metrics_from_ranks` averages, kept per row for paired comparisons."""
+    name, k = metric.split("@")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < int(k)
+    if name == "recall":
+        return hit.astype(np.float64)
+    if name == "ndcg":
+        return hit / np.log2(ranks + 2)
+    raise ValueError(f"unknown metric {metric!r} (recall@k or ndcg@k)")
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Recall@K and NDCG@K (means over rows) from 0-based ranks."""
-    ranks = np.asarray(ranks, dtype=np.float64)
     out: dict[str, float] = {}
     for k in ks:
-        hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2)).mean()) if len(ranks) else 0.0
+        for name in ("recall", "ndcg"):
+            values = per_user_metric(ranks, f"{name}@{k}")
+            out[f"{name}@{k}"] = float(values.mean()) if len(values) else 0.0
     return out
 
 
