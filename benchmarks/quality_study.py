@@ -730,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The encoder at one thread whatever the caller set: its embeddings differ in the last
+    # bits with the thread count (1.5e-7 at two), and so do the codes fitted on them and a
+    # --replay of a recorded backbone, which is then refused (seen on 2026-12-06).
+    os.environ["VQREC_ENCODER_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
