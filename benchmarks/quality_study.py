@@ -566,10 +566,12 @@ def save_ranks(record: dict) -> Path:
     return path
 
 
-def rank_rows(target: str, rows: list[str], retrain: bool = False, cap_min: float = 120.0) -> None:
+def rank_rows(
+    target: str, rows: list[str], seeds: int = 3, retrain: bool = False, cap_min: float = 120.0
+) -> None:
     """Save the test ranks of the latest record of every row (of ``rows``; all when empty)
-    and seed of ``target`` whose model is still in the study's lake (var/ does not survive
-    a new machine: rows trained elsewhere have none).
+    and seed (of the first ``seeds``) of ``target`` whose model is still in the study's lake
+    (var/ does not survive a new machine: rows trained elsewhere have none).
 
     ``retrain``: a row whose model is gone is trained again first, with its record's flags
     and seed on the same backbone (rows of an earlier backbone or default are skipped); the
@@ -578,7 +580,7 @@ def rank_rows(target: str, rows: list[str], retrain: bool = False, cap_min: floa
     latest = {(r["row"], r["seed"]): r for r in _records() if r["domain"] == target}
     current = _current_backbones()
     for (row, seed), record in sorted(latest.items()):
-        if rows and row not in rows:
+        if (rows and row not in rows) or seed not in SEEDS[:seeds]:
             continue
         if not find_version(LAKE, "models", row_version(row, target, seed)):
             if not retrain:
@@ -711,7 +713,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="all", choices=["all", *SPLIT])
     parser.add_argument("--rows", default="", help="comma-separated row names (default: plan)")
     parser.add_argument(
-        "--seeds", type=int, default=3, help="seeds of the main rows (of every row named by --rows)"
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds of the main rows (of every row named by --rows); ranks: the first N seeds",
     )
     parser.add_argument("--extra", default="", help="JSON list of extra finetune flags")
     parser.add_argument("--safety-cap-min", type=float, default=120.0)
@@ -753,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
                 prepare()
                 pretrain(target, args.safety_cap_min, args.replay)
             rows = [r for r in args.rows.split(",") if r]
-            rank_rows(target, rows, args.retrain, args.safety_cap_min)
+            rank_rows(target, rows, args.seeds, args.retrain, args.safety_cap_min)
     elif args.command == "compare":
         rows = [r for r in args.rows.split(",") if r]
         if len(rows) != 2 or args.target == "all":
