@@ -283,7 +283,7 @@ def backbone_version(target: str) -> str:
     return "backbone-" + "-".join(d.lower() for d in SPLIT[target])
 
 
-def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
+def pretrain(target: str, cap_min: float, replay: bool = False, rebuild: bool = False) -> None:
     """Pre-train (or resume) the target's backbone; its curve -> results/backbone-<t>.json.
 
     ``replay``: rebuild the backbone recorded in results/backbone-<t>.json without its
@@ -291,9 +291,17 @@ def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
     states, vqrec.core.trainer.transfer_probe, so a probed run pre-trains as an unprobed
     one): a fraction of the time on a lake rebuilt from the same data, and refused unless
     the weights come out identical (same sha1) to the recorded ones.
+
+    ``rebuild``: a replay whose weights differ is kept instead of refused. Another machine's
+    floating point does that (2026-12-06: the same code, data and thread counts gave other
+    weights on a new development machine, where three earlier ones had agreed). The kept
+    backbone becomes the study's backbone of ``target``: results/backbone-<t>.json keeps the
+    recorded curve and kept epoch, takes the new sha1 and names the replaced one
+    (``rebuilt``), so the rows fine-tuned on the earlier weights show as ``(earlier bb)``.
     """
     from vqrec.stages.train import main_pretrain
 
+    replay = replay or rebuild
     version = backbone_version(target)
     recorded = _recorded_backbone(target) or {}
     replayed = False
@@ -319,12 +327,18 @@ def pretrain(target: str, cap_min: float, replay: bool = False) -> None:
     out = RESULTS_DIR / f"backbone-{target}.json"
     folder = _backbone_folder(target)
     sha1 = _backbone_sha1(folder)
-    if replayed and sha1 != recorded["sha1"]:
+    if replayed and sha1 != recorded["sha1"] and not rebuild:
         shutil.rmtree(folder.parent)
         raise SystemExit(
             f"the replay of {version} gave weights {sha1}, not the recorded "
-            f"{recorded['sha1']} (other data or code?): removed; pre-train without --replay"
+            f"{recorded['sha1']} (other data, code or machine?): removed; pre-train without "
+            "--replay, or keep such a replay with --rebuild"
         )
+    if replayed and sha1 != recorded["sha1"]:
+        rebuilt = {"from_sha1": recorded["sha1"], "commit": _commit(), "date": time.strftime("%F")}
+        recorded = recorded | {"sha1": sha1, "rebuilt": rebuilt}
+        out.write_text(json.dumps(recorded, indent=1) + "\n")
+        print(f"{version} rebuilt: weights {sha1} replace {rebuilt['from_sha1']}", flush=True)
     if recorded.get("sha1") != sha1:
         metrics = json.loads((folder / "metrics.json").read_text())
         doc = {
@@ -509,7 +523,7 @@ def run(args: argparse.Namespace) -> None:
     jobs = plan(targets, rows, args.seeds)
     for target in targets:  # a backbone only where a row transfers
         if any(t == target and "scratch" not in ROWS[r][0] for r, t, _ in jobs):
-            pretrain(target, args.safety_cap_min, args.replay)
+            pretrain(target, args.safety_cap_min, args.replay, args.rebuild)
     extra = json.loads(args.extra) if args.extra else []
     for row, target, seed in jobs:
         if (row, target, seed) in finished():
@@ -727,6 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         "probes (refused unless its weights come out identical)",
     )
     parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="as --replay, but weights that differ from the recorded ones (another machine's "
+        "floating point) are kept and become the study's backbone",
+    )
+    parser.add_argument(
         "--retrain",
         action="store_true",
         help="ranks: train a recorded row again when its model is gone (checked by its record)",
@@ -747,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "pretrain":
         prepare()
         for target in [args.target] if args.target != "all" else list(SPLIT):
-            pretrain(target, args.safety_cap_min, args.replay)
+            pretrain(target, args.safety_cap_min, args.replay, args.rebuild)
     elif args.command == "run":
         run(args)
     elif args.command == "plot":
@@ -756,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in [args.target] if args.target != "all" else list(SPLIT):
             if args.retrain:
                 prepare()
-                pretrain(target, args.safety_cap_min, args.replay)
+                pretrain(target, args.safety_cap_min, args.replay, args.rebuild)
             rows = [r for r in args.rows.split(",") if r]
             rank_rows(target, rows, args.seeds, args.retrain, args.safety_cap_min)
     elif args.command == "compare":
