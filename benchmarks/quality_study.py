@@ -204,6 +204,22 @@ def encode(domain: str, texts: list[str]) -> np.ndarray:
     return emb
 
 
+def _environment() -> dict[str, str]:
+    """What else decides the bits of a result: the packages the project leaves unpinned
+    (faiss, the sentence encoder's) and the CPU. A replay that came out different on a new
+    machine (2026-12-06) could not be traced for want of this."""
+    from importlib.metadata import version
+
+    packages = ("torch", "faiss-cpu", "sentence-transformers", "transformers", "numpy")
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)  # the last CPU's
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "")
+    return {p: version(p) for p in packages} | {"cpu": fields.get("model name", ""), "isa": isa}
+
+
 def _committed(stage: str, version: str) -> bool:
     # A damaged version raises (find_version): rebuilding it silently would cost hours.
     return find_version(LAKE, stage, version) is not None
@@ -336,6 +352,7 @@ def pretrain(target: str, cap_min: float, replay: bool = False, rebuild: bool = 
         )
     if replayed and sha1 != recorded["sha1"]:
         rebuilt = {"from_sha1": recorded["sha1"], "commit": _commit(), "date": time.strftime("%F")}
+        rebuilt["environment"] = _environment()
         recorded = recorded | {"sha1": sha1, "rebuilt": rebuilt}
         out.write_text(json.dumps(recorded, indent=1) + "\n")
         print(f"{version} rebuilt: weights {sha1} replace {rebuilt['from_sha1']}", flush=True)
@@ -358,6 +375,7 @@ def pretrain(target: str, cap_min: float, replay: bool = False, rebuild: bool = 
                 for h in metrics["history"]
             ],
             "commit": _commit(),
+            "environment": _environment(),
         }
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1) + "\n")
@@ -491,6 +509,7 @@ def train_row(row: str, target: str, seed: int, extra: list[str], cap_min: float
         # A resumed row's process saw only its last part: the curve's total is the row's.
         "wall_s": max(round(time.time() - t0, 1), curve[-1]["wall_s"] if curve else 0.0),
         "commit": _commit(),
+        "environment": _environment(),
         "curve": curve,
     }
 
