@@ -34,6 +34,7 @@ their records and show in the table as ``<row> (bb: valid)``.
     python benchmarks/quality_study.py ranks --target Scientific --rows vq-transfer --retrain
     python benchmarks/quality_study.py compare --target Beauty --rows vq-transfer,vq-scratch
     python benchmarks/quality_study.py run --replay        # lost lake: replay the backbones
+    python benchmarks/quality_study.py run --rebuild       # ... kept even if the weights differ
 
 Only a safety cap bounds a training (``--safety-cap-min``); early stopping ends it.
 """
@@ -607,7 +608,8 @@ def rank_rows(
     (var/ does not survive a new machine: rows trained elsewhere have none).
 
     ``retrain``: a row whose model is gone is trained again first, with its record's flags
-    and seed on the same backbone (rows of an earlier backbone or default are skipped); the
+    and seed on the same backbone (replayed if missing; rows of an earlier backbone or
+    default are skipped); the
     training is deterministic, and save_ranks refuses ranks that do not give the record's
     test metrics, so the ranks saved are those of the model behind the recorded figures."""
     latest = {(r["row"], r["seed"]): r for r in _records() if r["domain"] == target}
@@ -622,6 +624,8 @@ def rank_rows(
             if label(record, current) != row:
                 print(f"{row} seed {seed}: recorded as {label(record, current)!r}, not retrained")
                 continue
+            if "scratch" not in ROWS[row][0]:  # its own backbone, to the bit, or refused
+                pretrain(target, cap_min, replay=True)
             train_row(row, target, seed, _extra_flags(record), cap_min)
         save_ranks(record)
 
@@ -795,7 +799,6 @@ def main(argv: list[str] | None = None) -> int:
         for target in [args.target] if args.target != "all" else list(SPLIT):
             if args.retrain:
                 prepare()
-                pretrain(target, args.safety_cap_min, args.replay, args.rebuild)
             rows = [r for r in args.rows.split(",") if r]
             rank_rows(target, rows, args.seeds, args.retrain, args.safety_cap_min)
     elif args.command == "compare":
