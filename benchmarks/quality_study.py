@@ -31,7 +31,7 @@ their records and show in the table as ``<row> (bb: valid)``.
     python benchmarks/quality_study.py table               # mean ± std per row vs anchors
     python benchmarks/quality_study.py plot                # valid N@10 vs wall-clock
     python benchmarks/quality_study.py ranks --target Beauty   # per-user test ranks (lake models)
-    python benchmarks/quality_study.py ranks --target Scientific --rows vq-transfer --retrain
+    python benchmarks/quality_study.py ranks --target Scientific --rows vq-scratch --retrain
     python benchmarks/quality_study.py compare --target Beauty --rows vq-transfer,vq-scratch
     python benchmarks/quality_study.py run --replay        # lost lake: replay the backbones
     python benchmarks/quality_study.py run --rebuild       # ... kept even if the weights differ
@@ -609,9 +609,9 @@ def rank_rows(
 
     ``retrain``: a row whose model is gone is trained again first, with its record's flags
     and seed on the same backbone (replayed if missing; rows of an earlier backbone or
-    default are skipped); the
-    training is deterministic, and save_ranks refuses ranks that do not give the record's
-    test metrics, so the ranks saved are those of the model behind the recorded figures."""
+    default are skipped); training is deterministic, and save_ranks refuses ranks that do
+    not give the record's test metrics, so the ranks saved are those of the model behind
+    the recorded figures."""
     latest = {(r["row"], r["seed"]): r for r in _records() if r["domain"] == target}
     current = _current_backbones()
     for (row, seed), record in sorted(latest.items()):
