@@ -45,6 +45,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -536,7 +537,7 @@ def plan(targets: list[str], rows: list[str], seeds: int) -> list[tuple[str, str
 def run(args: argparse.Namespace) -> None:
     prepare()
     targets = [args.target] if args.target != "all" else list(SPLIT)
-    rows = [r for r in args.rows.split(",") if r]
+    rows = row_names(args.rows)
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; known: {sorted(ROWS)}")
@@ -567,8 +568,12 @@ def _records() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
-def ranks_path(row: str, target: str, seed: int) -> Path:
-    return RANKS_DIR / f"{target}-{row}-s{seed}.npz"
+def ranks_path(record: dict) -> Path:
+    """Where a record's per-user test ranks are: a transferred row's file names its backbone,
+    so that the rows of two backbones (a rebuilt one: ``--rebuild``) never share a file."""
+    backbone = record.get("backbone")
+    suffix = f"-bb{backbone['sha1']}" if backbone else ""
+    return RANKS_DIR / f"{record['domain']}-{record['row']}-s{record['seed']}{suffix}.npz"
 
 
 def save_ranks(record: dict) -> Path:
@@ -588,14 +593,9 @@ def save_ranks(record: dict) -> Path:
     got = metrics_from_ranks(ranks)
     if any(abs(got[k] - record["test"][k]) > 1e-6 for k in got):
         raise SystemExit(f"{folder}: its test ranks give {got}, the record {record['test']}")
-    path = ranks_path(row, target, seed)
+    path = ranks_path(record)
     RANKS_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path,
-        users=test.users.astype(np.int32),
-        ranks=ranks.astype(np.int32),
-        label=np.array(label(record, _current_backbones())),
-    )
+    np.savez_compressed(path, users=test.users.astype(np.int32), ranks=ranks.astype(np.int32))
     print(f"{path.name}: {len(ranks):,} test users, ndcg@10 {got['ndcg@10']:.4f}", flush=True)
     return path
 
@@ -643,19 +643,26 @@ def compare(target: str, first: str, second: str) -> None:
     """Test metric of row ``first`` minus row ``second``, user by user, per shared seed: the
     difference and its paired standard error (both rows ranked the same test users, so the
     users' own difficulty cancels; a difference of ~2 standard errors or more is one the
-    test set can tell)."""
+    test set can tell). Rows are named as the table labels them (``vq-transfer``: the current
+    backbone's; ``"vq-transfer (earlier bb, capped)"``: that record's)."""
     from vqrec.core.metrics import per_user_metric
 
+    current = _current_backbones()
+    latest = {  # (label, seed) -> the latest record with ranks
+        (label(r, current), r["seed"]): r
+        for r in _records()
+        if r["domain"] == target and ranks_path(r).exists()
+    }
     shown = 0
     for seed in SEEDS:
-        paths = [ranks_path(row, target, seed) for row in (first, second)]
-        if not all(p.exists() for p in paths):
+        records = [latest.get((name, seed)) for name in (first, second)]
+        if None in records:
             continue
-        a, b = (np.load(p) for p in paths)
+        a, b = (np.load(ranks_path(r)) for r in records)
         if not np.array_equal(a["users"], b["users"]):
-            raise SystemExit(f"{paths[0].name} and {paths[1].name} rank different test users")
+            raise SystemExit(f"{first} and {second} (seed {seed}) rank different test users")
         n, shown = len(a["ranks"]), shown + 1
-        print(f"\n{target}, seed {seed}: {a['label']} - {b['label']}, test, {n:,} users, paired")
+        print(f"\n{target}, seed {seed}: {first} - {second}, test, {n:,} users, paired")
         for k in METRICS:
             x, y = per_user_metric(a["ranks"], k), per_user_metric(b["ranks"], k)
             d = x - y
@@ -665,7 +672,7 @@ def compare(target: str, first: str, second: str) -> None:
                 f"± {se:.4f}  ({d.mean() / se:+.1f} SE)"
             )
     if not shown:
-        raise SystemExit(f"no seed of {target} has test ranks of both {first} and {second}")
+        raise SystemExit(f"no seed of {target} has test ranks of both {first!r} and {second!r}")
 
 
 def table() -> None:
@@ -742,13 +749,21 @@ def plot(path: Path) -> None:
     print(f"wrote {path}")
 
 
+def row_names(text: str) -> list[str]:
+    """``--rows``: names separated by commas, except inside a label's parentheses
+    (``"vq-transfer (earlier bb, capped),vq-scratch"``)."""
+    return [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "command", choices=["prepare", "pretrain", "run", "table", "plot", "ranks", "compare"]
     )
     parser.add_argument("--target", default="all", choices=["all", *SPLIT])
-    parser.add_argument("--rows", default="", help="comma-separated row names (default: plan)")
+    parser.add_argument(
+        "--rows", default="", help="comma-separated row names (default: plan); compare: labels"
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -799,10 +814,10 @@ def main(argv: list[str] | None = None) -> int:
         for target in [args.target] if args.target != "all" else list(SPLIT):
             if args.retrain:
                 prepare()
-            rows = [r for r in args.rows.split(",") if r]
+            rows = row_names(args.rows)
             rank_rows(target, rows, args.seeds, args.retrain, args.safety_cap_min)
     elif args.command == "compare":
-        rows = [r for r in args.rows.split(",") if r]
+        rows = row_names(args.rows)
         if len(rows) != 2 or args.target == "all":
             raise SystemExit("compare: give --target T --rows FIRST,SECOND")
         compare(args.target, *rows)
