@@ -206,10 +206,11 @@ def encode(domain: str, texts: list[str]) -> np.ndarray:
     return emb
 
 
-def _environment() -> dict[str, str]:
-    """What else decides the bits of a result: the packages the project leaves unpinned
-    (faiss, the sentence encoder's) and the CPU. A replay that came out different on a new
-    machine (2026-12-06) could not be traced for want of this."""
+def _environment() -> dict[str, str | int]:
+    """What else decides the bits (and the seconds) of a result: the packages the project
+    leaves unpinned (faiss, the sentence encoder's), the CPU and torch's threads. A replay
+    that came out different on a new machine (2026-12-06) could not be traced for want of
+    this."""
     from importlib.metadata import version
 
     packages = ("torch", "faiss-cpu", "sentence-transformers", "transformers", "numpy")
@@ -219,7 +220,11 @@ def _environment() -> dict[str, str]:
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "")
-    return {p: version(p) for p in packages} | {"cpu": fields.get("model name", ""), "isa": isa}
+    import torch
+
+    # torch's threads when the record is written (a resumed row may have had others before)
+    cpu = {"cpu": fields.get("model name", ""), "isa": isa, "threads": torch.get_num_threads()}
+    return {p: version(p) for p in packages} | cpu
 
 
 def _committed(stage: str, version: str) -> bool:
