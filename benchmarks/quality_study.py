@@ -213,6 +213,8 @@ def _environment() -> dict[str, str | int]:
     this."""
     from importlib.metadata import version
 
+    import torch
+
     packages = ("torch", "faiss-cpu", "sentence-transformers", "transformers", "numpy")
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -220,8 +222,6 @@ def _environment() -> dict[str, str | int]:
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     flags = set(fields.get("flags", "").split())
     isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "")
-    import torch
-
     # torch's threads when the record is written (a resumed row may have had others before)
     cpu = {"cpu": fields.get("model name", ""), "isa": isa, "threads": torch.get_num_threads()}
     return {p: version(p) for p in packages} | cpu
@@ -350,16 +350,20 @@ def pretrain(target: str, cap_min: float, replay: bool = False, rebuild: bool = 
     out = RESULTS_DIR / f"backbone-{target}.json"
     folder = _backbone_folder(target)
     sha1 = _backbone_sha1(folder)
-    if replayed and sha1 != recorded["sha1"] and not rebuild:
-        shutil.rmtree(folder.parent)
-        raise SystemExit(
-            f"the replay of {version} gave weights {sha1}, not the recorded "
-            f"{recorded['sha1']} (other data, code or machine?): removed; pre-train without "
-            "--replay, or keep such a replay with --rebuild"
-        )
     if replayed and sha1 != recorded["sha1"]:
-        rebuilt = {"from_sha1": recorded["sha1"], "commit": _commit(), "date": time.strftime("%F")}
-        rebuilt["environment"] = _environment()
+        if not rebuild:
+            shutil.rmtree(folder.parent)
+            raise SystemExit(
+                f"the replay of {version} gave weights {sha1}, not the recorded "
+                f"{recorded['sha1']} (other data, code or machine?): removed; pre-train "
+                "without --replay, or keep such a replay with --rebuild"
+            )
+        rebuilt = {
+            "from_sha1": recorded["sha1"],
+            "commit": _commit(),
+            "date": time.strftime("%F"),
+            "environment": _environment(),
+        }
         recorded = recorded | {"sha1": sha1, "rebuilt": rebuilt}
         out.write_text(json.dumps(recorded, indent=1) + "\n")
         print(f"{version} rebuilt: weights {sha1} replace {rebuilt['from_sha1']}", flush=True)
@@ -626,8 +630,9 @@ def rank_rows(
             if not retrain:
                 print(f"{row} seed {seed}: its model is not in {LAKE} (--retrain)", flush=True)
                 continue
-            if label(record, current) != row:
-                print(f"{row} seed {seed}: recorded as {label(record, current)!r}, not retrained")
+            shown_as = label(record, current)
+            if shown_as != row:
+                print(f"{row} seed {seed}: recorded as {shown_as!r}, not retrained")
                 continue
             if "scratch" not in ROWS[row][0]:  # its own backbone, to the bit, or refused
                 pretrain(target, cap_min, replay=True)
@@ -816,10 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "plot":
         plot(args.out)
     elif args.command == "ranks":
+        if args.retrain:
+            prepare()
+        rows = row_names(args.rows)
         for target in [args.target] if args.target != "all" else list(SPLIT):
-            if args.retrain:
-                prepare()
-            rows = row_names(args.rows)
             rank_rows(target, rows, args.seeds, args.retrain, args.safety_cap_min)
     elif args.command == "compare":
         rows = row_names(args.rows)
